@@ -1,0 +1,44 @@
+//! `aigc-operator`: the operator binary. Subcommands print the CRDs; the controllers, the
+//! scheduler and the local cluster join here as they land.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Kubernetes operator for AI workloads: Datasets, Models, TrainingJobs, InferenceServices
+/// and StorageTiers (aigc.dev/v1alpha1).
+#[derive(Parser)]
+#[command(name = "aigc-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the five CustomResourceDefinitions as multi-document YAML, ready for `kubectl apply -f -`.
+    Crds {
+        /// Write one file per CRD into this directory (e.g. charts/aigc-operator/crds) instead
+        /// of printing.
+        #[arg(long, value_name = "DIR")]
+        write_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crds { write_dir: None } => print!("{}", aigc_crds::all_crds_yaml()?),
+        Command::Crds {
+            write_dir: Some(dir),
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in aigc_crds::all_crds() {
+                let path = dir.join(aigc_crds::crd_file_name(&crd));
+                std::fs::write(&path, aigc_crds::crd_yaml(&crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Tier backends (S3, filesystem), manifests, checksums and transfers.

@@ -1,0 +1,1 @@
+//! End-to-end tests across crates: the embedded cluster driven by real clients.
