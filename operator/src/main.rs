@@ -1,10 +1,13 @@
-//! `aigc-operator`: the operator binary. Subcommands print the CRDs; the controllers, the
-//! scheduler and the local cluster join here as they land.
+//! `aigc-operator`: the operator binary. `run` runs the controllers against the cluster of
+//! the current kubeconfig; `crds` prints the CustomResourceDefinitions.
 
 use std::path::PathBuf;
 
+use aigc_operator::controllers::{Context, ControllerConfig, inference_service};
+use aigc_operator::worker_pod::WorkerImages;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// Kubernetes operator for AI workloads: Datasets, Models, TrainingJobs, InferenceServices
 /// and StorageTiers (aigc.dev/v1alpha1).
@@ -17,6 +20,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers against the cluster of the current kubeconfig (or the in-cluster
+    /// service account) until SIGTERM or Ctrl-C. Today: the InferenceService controller.
+    Run {
+        /// Image of CPU worker pods.
+        #[arg(long, env = "AIGC_WORKER_IMAGE", default_value_t = WorkerImages::default().cpu)]
+        worker_image: String,
+        /// Image of GPU worker pods.
+        #[arg(long, env = "AIGC_WORKER_GPU_IMAGE", default_value_t = WorkerImages::default().gpu)]
+        worker_gpu_image: String,
+    },
     /// Print the five CustomResourceDefinitions as multi-document YAML, ready for `kubectl apply -f -`.
     Crds {
         /// Write one file per CRD into this directory (e.g. charts/aigc-operator/crds) instead
@@ -26,8 +39,31 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            worker_image,
+            worker_gpu_image,
+        } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .init();
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the cluster")?;
+            let config = ControllerConfig {
+                worker_images: WorkerImages {
+                    cpu: worker_image,
+                    gpu: worker_gpu_image,
+                },
+            };
+            tracing::info!("starting controllers");
+            inference_service::run(Context::new(client, config)).await;
+        }
         Command::Crds { write_dir: None } => print!("{}", aigc_crds::all_crds_yaml()?),
         Command::Crds {
             write_dir: Some(dir),
