@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aigc_operator::controllers::{Context, ControllerConfig, inference_service};
+use aigc_operator::controllers::{self, Context, ControllerConfig};
 use aigc_operator::worker_pod::WorkerImages;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -21,7 +21,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig (or the in-cluster
-    /// service account) until SIGTERM or Ctrl-C. Today: the InferenceService controller.
+    /// service account) until SIGTERM or Ctrl-C. Today: the StorageTier and InferenceService
+    /// controllers.
     Run {
         /// Image of CPU worker pods.
         #[arg(long, env = "AIGC_WORKER_IMAGE", default_value_t = WorkerImages::default().cpu)]
@@ -62,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             tracing::info!("starting controllers");
-            inference_service::run(Context::new(client, config)).await;
+            controllers::run_all(Context::new(client, config)).await;
         }
         Command::Crds { write_dir: None } => print!("{}", aigc_crds::all_crds_yaml()?),
         Command::Crds {

@@ -5,6 +5,7 @@
 //! these helpers at the edges; no controller reaches into another's module.
 
 pub mod inference_service;
+pub mod storage_tier;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -52,6 +53,11 @@ impl Context {
             recorder,
         })
     }
+}
+
+/// Run every controller until the process is asked to stop.
+pub async fn run_all(ctx: Arc<Context>) {
+    tokio::join!(storage_tier::run(ctx.clone()), inference_service::run(ctx));
 }
 
 /// Create or update `child` by server-side apply, taking ownership of the fields it sets.
