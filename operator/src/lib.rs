@@ -1,0 +1,3 @@
+//! The aigc-operator library: what the `aigc-operator` binary is made of.
+
+pub mod rbac;
