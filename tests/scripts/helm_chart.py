@@ -6,7 +6,8 @@ VALUES_JSON is merged over the chart's values.yaml (maps merge key by key, anyth
 replaces), the way `--set`/`-f` overrides are. Prints one JSON object on stdout:
 - lint: {"errors": [{"severity", "path"}...], "warnings": [...]} from Helm's linter, which
   validates the values against values.schema.json and renders every template.
-- render: {"templates": {"templates/deployment.yaml": "<rendered text>", ...}}.
+- render: {"templates": {"templates/deployment.yaml": "<rendered text>", ...}}, NOTES.txt
+  included.
 
 helm-sdkpy exposes no `helm template`, and install needs a cluster. Its linter does render
 every template, and in lint mode Helm's `fail` logs its message instead of aborting; so to
@@ -73,7 +74,9 @@ def lint(chart):
 def render(chart):
     templates_dir = os.path.join(chart, "templates")
     names = sorted(
-        n for n in os.listdir(templates_dir) if n.endswith((".yaml", ".yml")) and n != PROBE
+        n
+        for n in os.listdir(templates_dir)
+        if (n.endswith((".yaml", ".yml")) or n == "NOTES.txt") and n != PROBE
     )
     with open(os.path.join(templates_dir, PROBE), "w") as probe:
         for name in names:

@@ -27,15 +27,26 @@ fn lint_errors(values: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Every object the chart renders with `values`, as JSON.
-fn render(values: &Value) -> Vec<Value> {
+/// Every template the chart renders with `values`, by path (`templates/NOTES.txt` included).
+fn render_templates(values: &Value) -> serde_json::Map<String, Value> {
     let out = run_python_script(
         "helm_chart.py",
         &["render", &chart_dir(), &values.to_string()],
     );
     let rendered: Value = serde_json::from_str(&out).expect("render output is JSON");
+    rendered["templates"]
+        .as_object()
+        .expect("templates")
+        .clone()
+}
+
+/// Every object the chart renders with `values`, as JSON.
+fn render(values: &Value) -> Vec<Value> {
     let mut objects = Vec::new();
-    for (template, text) in rendered["templates"].as_object().expect("templates") {
+    for (template, text) in render_templates(values) {
+        if template.ends_with("NOTES.txt") {
+            continue;
+        }
         for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap()) {
             let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
                 .unwrap_or_else(|e| panic!("{template} renders invalid YAML: {e}\n{text}"));
@@ -277,6 +288,26 @@ fn values_schema_accepts_documented_variations() {
             lint_errors(&values),
             Vec::<String>::new(),
             "values {values} were rejected"
+        );
+    }
+}
+
+#[test]
+fn notes_tell_the_user_what_to_do_next() {
+    let templates = render_templates(&json!({"replicaCount": 2}));
+    let notes = templates["templates/NOTES.txt"].as_str().unwrap();
+    for expected in [
+        "rollout status deployment/test-release-aigc-operator",
+        "kubectl apply -f examples/quickstart/",
+        "kubectl get aigc",
+        "2 replicas, one leader elected through a Lease",
+        "service test-release-aigc-operator-metrics:8080/metrics",
+        "aigc-operator/worker:0.1.0 on CPU",
+        "aigc-operator/worker-gpu:0.1.0 on GPU",
+    ] {
+        assert!(
+            notes.contains(expected),
+            "NOTES.txt lacks {expected:?}:\n{notes}"
         );
     }
 }
