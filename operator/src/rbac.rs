@@ -1,10 +1,13 @@
 //! The Kubernetes permissions the operator needs, declared next to the parts that use them and
 //! aggregated here into the ClusterRole and leader-election Role rules the Helm chart installs.
 //!
-//! The chart's rules are generated from [`cluster_rules`] and [`leader_election_rules`]
-//! (`aigc-operator rbac --write-dir charts/aigc-operator/files`), so the RBAC a cluster grants
-//! is exactly what the code asks for, with no wildcard verbs or resources. This module owns the
-//! aggregation only; it must not grant anything no component declares.
+//! Each component declares a `&[Permission]` beside the code that makes the API calls (a
+//! controller in its module, e.g. `controllers::dataset::PERMISSIONS`) and is listed once in
+//! [`DECLARED`]. The chart's rules are generated from [`cluster_rules`] and
+//! [`leader_election_rules`] (`aigc-operator rbac --write-dir charts/aigc-operator/files`), so
+//! the RBAC a cluster grants is exactly what the code asks for, with no wildcard verbs or
+//! resources. This module owns the aggregation; it must not grant anything no component
+//! declares.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,11 +21,16 @@ pub const LEADER_ELECTION_RULES_FILE: &str = "role-rules.yaml";
 /// A Kubernetes API verb. A closed set, so a wildcard cannot be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verb {
+    /// Read one object.
     Get,
+    /// Read a collection.
     List,
+    /// Stream changes (reflectors, controllers).
     Watch,
     Create,
+    /// Replace a whole object (PUT).
     Update,
+    /// Partial change, including server-side apply.
     Patch,
     Delete,
 }
@@ -57,7 +65,9 @@ pub struct Permission {
     pub api_group: &'static str,
     /// Plural resource names, with `/subresource` where one is meant, e.g. `datasets/status`.
     pub resources: &'static [&'static str],
+    /// What may be done to them.
     pub verbs: &'static [Verb],
+    /// Where it is granted.
     pub scope: Scope,
 }
 

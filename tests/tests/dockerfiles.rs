@@ -66,8 +66,8 @@ fn parse_dockerfile(text: &str) -> Vec<Stage> {
     stages
 }
 
-/// Binary targets per package, from `cargo metadata`.
-fn workspace_binaries() -> BTreeMap<String, Vec<String>> {
+/// `cargo metadata` of the workspace's own packages.
+fn cargo_metadata() -> Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = std::process::Command::new(cargo)
         .args([
@@ -85,8 +85,12 @@ fn workspace_binaries() -> BTreeMap<String, Vec<String>> {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let metadata: Value = serde_json::from_slice(&output.stdout).unwrap();
-    metadata["packages"]
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Binary targets per package.
+fn workspace_binaries() -> BTreeMap<String, Vec<String>> {
+    cargo_metadata()["packages"]
         .as_array()
         .unwrap()
         .iter()
@@ -261,6 +265,30 @@ fn images_build_our_binaries_and_run_them_unprivileged() {
         },
     ] {
         check_image(&expected, &binaries);
+    }
+}
+
+#[test]
+fn images_build_with_the_workspace_rust_version() {
+    let metadata = cargo_metadata();
+    let rust_version = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "aigc-operator")
+        .and_then(|p| p["rust_version"].as_str())
+        .expect("the workspace sets rust-version");
+    for file in [
+        "operator.Dockerfile",
+        "worker.Dockerfile",
+        "worker-gpu.Dockerfile",
+    ] {
+        let text = std::fs::read_to_string(repo_root().join("images").join(file)).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.trim() == format!("ARG RUST_VERSION={rust_version}")),
+            "{file}: ARG RUST_VERSION differs from the workspace rust-version {rust_version}"
+        );
     }
 }
 
