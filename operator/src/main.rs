@@ -30,7 +30,8 @@ enum Command {
         /// Print the leader-election Role rules (the operator's namespace) instead.
         #[arg(long, conflicts_with = "write_dir")]
         leader_election: bool,
-        /// Write `clusterrole-rules.yaml` and `role-rules.yaml` into this directory (e.g.
+        /// Write every rules file the chart embeds (operator ClusterRole and Role, and the
+        /// roles aggregated into `view` and `edit`) into this directory (e.g.
         /// charts/aigc-operator/files) instead of printing.
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
@@ -66,13 +67,7 @@ fn main() -> anyhow::Result<()> {
             ..
         } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for (name, rules) in [
-                (rbac::CLUSTER_RULES_FILE, rbac::cluster_rules()),
-                (
-                    rbac::LEADER_ELECTION_RULES_FILE,
-                    rbac::leader_election_rules(),
-                ),
-            ] {
+            for (name, rules) in rbac::chart_rule_files() {
                 let path = dir.join(name);
                 std::fs::write(&path, rbac::rules_yaml(&rules)?)
                     .with_context(|| format!("writing {}", path.display()))?;

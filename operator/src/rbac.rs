@@ -17,6 +17,10 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 pub const CLUSTER_RULES_FILE: &str = "clusterrole-rules.yaml";
 /// File name, in the chart's `files/`, of the generated leader-election Role rules.
 pub const LEADER_ELECTION_RULES_FILE: &str = "role-rules.yaml";
+/// File name, in the chart's `files/`, of the rules aggregated into the `view` role.
+pub const USER_VIEW_RULES_FILE: &str = "aggregate-to-view-rules.yaml";
+/// File name, in the chart's `files/`, of the rules aggregated into the `edit` role.
+pub const USER_EDIT_RULES_FILE: &str = "aggregate-to-edit-rules.yaml";
 
 /// A Kubernetes API verb. A closed set, so a wildcard cannot be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,6 +37,8 @@ pub enum Verb {
     /// Partial change, including server-side apply.
     Patch,
     Delete,
+    /// Delete every object matching a selector (people's `edit` role; the operator never).
+    DeleteCollection,
 }
 
 impl Verb {
@@ -46,6 +52,7 @@ impl Verb {
             Verb::Update => "update",
             Verb::Patch => "patch",
             Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
         }
     }
 }
@@ -71,7 +78,7 @@ pub struct Permission {
     pub scope: Scope,
 }
 
-use Verb::{Create, Delete, Get, List, Patch, Update, Watch};
+use Verb::{Create, Delete, DeleteCollection, Get, List, Patch, Update, Watch};
 
 const READ: &[Verb] = &[Get, List, Watch];
 const OWN_CHILDREN: &[Verb] = &[Get, List, Watch, Create, Patch, Delete];
@@ -207,12 +214,71 @@ pub fn operator_permissions() -> impl Iterator<Item = &'static Permission> {
 
 /// The ClusterRole rules: every cluster-scoped permission, merged.
 pub fn cluster_rules() -> Vec<PolicyRule> {
-    merged_rules(operator_permissions().filter(|p| p.scope == Scope::Cluster))
+    merged_rules(
+        operator_permissions()
+            .filter(|p| p.scope == Scope::Cluster)
+            .flat_map(Permission::grants),
+    )
 }
 
 /// The leader-election Role rules for the operator's namespace.
 pub fn leader_election_rules() -> Vec<PolicyRule> {
-    merged_rules(operator_permissions().filter(|p| p.scope == Scope::OperatorNamespace))
+    merged_rules(
+        operator_permissions()
+            .filter(|p| p.scope == Scope::OperatorNamespace)
+            .flat_map(Permission::grants),
+    )
+}
+
+const USER_VIEW: &[Verb] = &[Get, List, Watch];
+const USER_EDIT: &[Verb] = &[Create, Update, Patch, Delete, DeleteCollection];
+
+/// Rules for people rather than the operator: read access to every aigc.dev kind and its
+/// status, aggregated into Kubernetes' `view` role (and through it `edit` and `admin`).
+pub fn user_view_rules() -> Vec<PolicyRule> {
+    let crds = aigc_crds::all_crds();
+    let resources: Vec<(String, String)> = crds
+        .iter()
+        .flat_map(|crd| {
+            let (group, plural) = (&crd.spec.group, &crd.spec.names.plural);
+            [
+                (group.clone(), plural.clone()),
+                (group.clone(), format!("{plural}/status")),
+            ]
+        })
+        .collect();
+    merged_rules(
+        resources
+            .iter()
+            .map(|(group, resource)| (group.as_str(), resource.as_str(), USER_VIEW)),
+    )
+}
+
+/// Rules for people: changing the namespaced aigc.dev kinds (not their status, which the
+/// operator owns, nor the cluster-wide StorageTiers), aggregated into Kubernetes' `edit` role.
+pub fn user_edit_rules() -> Vec<PolicyRule> {
+    let crds = aigc_crds::all_crds();
+    merged_rules(
+        crds.iter()
+            .filter(|crd| crd.spec.scope == "Namespaced")
+            .map(|crd| {
+                (
+                    crd.spec.group.as_str(),
+                    crd.spec.names.plural.as_str(),
+                    USER_EDIT,
+                )
+            }),
+    )
+}
+
+/// Every rules file the chart embeds, by file name under `charts/aigc-operator/files/`.
+pub fn chart_rule_files() -> Vec<(&'static str, Vec<PolicyRule>)> {
+    vec![
+        (CLUSTER_RULES_FILE, cluster_rules()),
+        (LEADER_ELECTION_RULES_FILE, leader_election_rules()),
+        (USER_VIEW_RULES_FILE, user_view_rules()),
+        (USER_EDIT_RULES_FILE, user_edit_rules()),
+    ]
 }
 
 /// Rules as the YAML list the chart embeds under `rules:`.
@@ -220,17 +286,27 @@ pub fn rules_yaml(rules: &[PolicyRule]) -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(rules)
 }
 
+impl Permission {
+    /// (group, resource, verbs) for each resource it names.
+    fn grants(&self) -> impl Iterator<Item = (&'static str, &'static str, &'static [Verb])> {
+        let (group, verbs) = (self.api_group, self.verbs);
+        self.resources
+            .iter()
+            .map(move |resource| (group, *resource, verbs))
+    }
+}
+
 /// Union the verbs per (group, resource), then put the resources of a group that share the
 /// same verbs into one rule. The result is deterministic: groups, resources and verbs sorted.
-fn merged_rules<'a>(permissions: impl Iterator<Item = &'a Permission>) -> Vec<PolicyRule> {
+fn merged_rules<'a>(
+    grants: impl IntoIterator<Item = (&'a str, &'a str, &'a [Verb])>,
+) -> Vec<PolicyRule> {
     let mut verbs_by_resource: BTreeMap<(&str, &str), BTreeSet<Verb>> = BTreeMap::new();
-    for permission in permissions {
-        for resource in permission.resources {
-            verbs_by_resource
-                .entry((permission.api_group, resource))
-                .or_default()
-                .extend(permission.verbs);
-        }
+    for (group, resource, verbs) in grants {
+        verbs_by_resource
+            .entry((group, resource))
+            .or_default()
+            .extend(verbs);
     }
     let mut resources_by_grant: BTreeMap<(&str, BTreeSet<Verb>), Vec<&str>> = BTreeMap::new();
     for ((group, resource), verbs) in verbs_by_resource {
@@ -318,6 +394,36 @@ mod tests {
             granted(&leader_election_rules(), "coordination.k8s.io", "leases"),
             ["get", "create", "update"]
         );
+    }
+
+    #[test]
+    fn the_operator_never_deletes_collections() {
+        for permission in operator_permissions() {
+            assert!(
+                !permission.verbs.contains(&DeleteCollection),
+                "{permission:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn people_may_read_every_kind_and_edit_the_namespaced_ones_but_not_status() {
+        let view = user_view_rules();
+        let edit = user_edit_rules();
+        assert_eq!(
+            granted(&view, "aigc.dev", "storagetiers"),
+            ["get", "list", "watch"]
+        );
+        assert_eq!(
+            granted(&view, "aigc.dev", "trainingjobs/status"),
+            ["get", "list", "watch"]
+        );
+        assert_eq!(
+            granted(&edit, "aigc.dev", "trainingjobs"),
+            ["create", "update", "patch", "delete", "deletecollection"]
+        );
+        assert!(granted(&edit, "aigc.dev", "storagetiers").is_empty());
+        assert!(granted(&edit, "aigc.dev", "trainingjobs/status").is_empty());
     }
 
     #[test]

@@ -30,17 +30,17 @@ fn prints_cluster_and_leader_election_rules() {
 }
 
 #[test]
-fn writes_both_rule_files() {
+fn writes_every_rule_file_of_the_chart() {
     let dir = std::env::temp_dir().join(format!("aigc-rbac-{}", std::process::id()));
     aigc_operator(&["rbac", "--write-dir", dir.to_str().unwrap()]);
-    let read = |name| std::fs::read_to_string(dir.join(name)).unwrap();
-    assert_eq!(
-        read(rbac::CLUSTER_RULES_FILE),
-        rbac::rules_yaml(&rbac::cluster_rules()).unwrap()
-    );
-    assert_eq!(
-        read(rbac::LEADER_ELECTION_RULES_FILE),
-        rbac::rules_yaml(&rbac::leader_election_rules()).unwrap()
-    );
+    let files = rbac::chart_rule_files();
+    assert_eq!(files.len(), 4);
+    for (name, rules) in files {
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            rbac::rules_yaml(&rules).unwrap(),
+            "{name}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

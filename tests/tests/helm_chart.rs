@@ -62,6 +62,13 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
     objects.iter().find(|o| o["kind"] == kind)
 }
 
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
+}
+
 fn the<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     find(objects, kind).unwrap_or_else(|| panic!("the chart renders no {kind}"))
 }
@@ -96,7 +103,7 @@ fn chart_lints_clean_with_defaults_and_with_two_replicas() {
 #[test]
 fn rendered_rbac_is_exactly_what_the_code_declares() {
     let objects = render(&json!({}));
-    let cluster_role = the(&objects, "ClusterRole");
+    let cluster_role = named(&objects, "ClusterRole", "test-release-aigc-operator");
     assert_eq!(
         cluster_role["rules"],
         serde_json::to_value(rbac::cluster_rules()).unwrap()
@@ -119,6 +126,28 @@ fn rendered_rbac_is_exactly_what_the_code_declares() {
             );
         }
     }
+    for (suffix, rules) in [
+        ("view", rbac::user_view_rules()),
+        ("edit", rbac::user_edit_rules()),
+    ] {
+        let role = named(
+            &objects,
+            "ClusterRole",
+            &format!("test-release-aigc-operator-{suffix}"),
+        );
+        assert_eq!(role["rules"], serde_json::to_value(rules).unwrap());
+        assert_eq!(
+            role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{suffix}")],
+            "true"
+        );
+    }
+    let without = render(&json!({"rbac": {"aggregateToDefaultRoles": false}}));
+    let roles: Vec<&Value> = without
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole")
+        .collect();
+    assert_eq!(roles.len(), 1, "only the operator's ClusterRole: {roles:?}");
+
     let binding = the(&objects, "ClusterRoleBinding");
     let account = the(&objects, "ServiceAccount");
     assert_eq!(binding["roleRef"]["name"], cluster_role["metadata"]["name"]);
