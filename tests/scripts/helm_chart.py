@@ -4,8 +4,10 @@ Usage: python3 helm_chart.py lint|render CHART_DIR [VALUES_JSON]
 
 VALUES_JSON is merged over the chart's values.yaml (maps merge key by key, anything else
 replaces), the way `--set`/`-f` overrides are. Prints one JSON object on stdout:
-- lint: {"errors": [{"severity", "path"}...], "warnings": [...]} from Helm's linter, which
-  validates the values against values.schema.json and renders every template.
+- lint: {"errors": [{"severity", "path"[, "message"]}...], "warnings": [...]} from Helm's
+  linter, which validates the values against values.schema.json and renders every template
+  (Helm's lint messages carry no text; a template's `fail`, which lint mode only logs, is
+  reported as an error with its message, since it would abort a real install).
 - render: {"templates": {"templates/deployment.yaml": "<rendered text>", ...}}, NOTES.txt
   included.
 
@@ -56,12 +58,39 @@ def chart_copy(chart_dir, overrides, workdir):
 
 
 def run_lint(chart):
-    return asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(chart))
+    """Helm's lint result and what Helm logged meanwhile (Go writes to file descriptor 2)."""
+    with tempfile.TemporaryFile() as log:
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            result = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(chart))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return result, log.read().decode("utf-8", "replace")
+
+
+def template_failures(log):
+    """Messages of `fail` calls in the chart's templates, which lint mode only logs but which
+    abort a real install."""
+    failures = []
+    for line in log.splitlines():
+        if "funcMap fail" not in line or MARK in line:
+            continue
+        found = re.search(r'message=("(?:[^"\\]|\\.)*"|\S+)', line)
+        if found:
+            value = found.group(1)
+            failures.append(json.loads(value) if value.startswith('"') else value)
+    # A template included by others (the config, for its checksum) fails once per inclusion.
+    return list(dict.fromkeys(failures))
 
 
 def lint(chart):
-    result = run_lint(chart)
+    result, log = run_lint(chart)
     report = {"errors": [], "warnings": []}
+    for failure in template_failures(log):
+        report["errors"].append({"severity": "error", "path": "templates/", "message": failure})
     for message in result.get("Messages") or []:
         entry = {"severity": SEVERITY.get(message["Severity"], "unknown"), "path": message["Path"]}
         if entry["severity"] == "error":
@@ -84,17 +113,10 @@ def render(chart):
                 '{{- fail (printf "%s %s %s" "' + MARK + '" "templates/' + name + '" '
                 '(include (print $.Template.BasePath "/' + name + '") . | b64enc)) }}\n'
             )
-    # Helm's log goes to file descriptor 2 from Go; capture it there.
-    with tempfile.TemporaryFile() as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            run_lint(chart)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        log.seek(0)
-        text = log.read().decode("utf-8", "replace")
+    _, text = run_lint(chart)
+    failures = template_failures(text)
+    if failures:
+        sys.exit(f"the chart's templates fail: {failures}")
     rendered = {}
     for name, payload in re.findall(MARK + r" (\S+) ([A-Za-z0-9+/=]*)", text):
         rendered[name] = base64.b64decode(payload).decode("utf-8")

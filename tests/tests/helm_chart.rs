@@ -12,7 +12,7 @@ fn chart_dir() -> String {
     repo_root().join(CHART).display().to_string()
 }
 
-/// Helm lint errors (as `path` strings) with `values` merged over values.yaml.
+/// Helm lint errors with `values` merged over values.yaml, as `path` or `path: message`.
 fn lint_errors(values: &Value) -> Vec<String> {
     let out = run_python_script(
         "helm_chart.py",
@@ -23,7 +23,13 @@ fn lint_errors(values: &Value) -> Vec<String> {
         .as_array()
         .expect("errors list")
         .iter()
-        .map(|e| e["path"].as_str().unwrap_or_default().to_owned())
+        .map(|e| {
+            let path = e["path"].as_str().unwrap_or_default();
+            match e["message"].as_str() {
+                Some(message) => format!("{path}: {message}"),
+                None => path.to_owned(),
+            }
+        })
         .collect()
 }
 
@@ -302,6 +308,15 @@ fn values_schema_rejects_bad_values() {
             "values {values} were accepted; lint errors: {errors:?}"
         );
     }
+}
+
+#[test]
+fn a_default_queue_that_is_no_queue_fails_the_install() {
+    // JSON Schema cannot relate two values; the config template checks this one.
+    assert_eq!(
+        lint_errors(&json!({"config": {"defaultQueue": "gpu-batch"}})),
+        [r#"templates/: config.defaultQueue "gpu-batch" is not one of config.queues (default)"#]
+    );
 }
 
 #[test]
