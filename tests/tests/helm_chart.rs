@@ -355,3 +355,43 @@ fn notes_tell_the_user_what_to_do_next() {
         );
     }
 }
+
+#[test]
+fn every_value_is_documented() {
+    let text = std::fs::read_to_string(repo_root().join(CHART).join("values.yaml")).unwrap();
+    // (indent, key, documented) of the keys enclosing the current line.
+    let mut enclosing: Vec<(usize, String, bool)> = Vec::new();
+    let mut comment_above = false;
+    let mut undocumented = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with("# --") {
+            comment_above = true;
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('-') {
+            comment_above = false;
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        enclosing.retain(|(i, _, _)| *i < indent);
+        let inherited = enclosing.iter().any(|(_, _, documented)| *documented);
+        let is_leaf = !value.trim().is_empty();
+        if is_leaf && !comment_above && !inherited {
+            let path: Vec<&str> = enclosing.iter().map(|(_, k, _)| k.as_str()).collect();
+            undocumented.push(format!("{}.{key}", path.join(".")));
+        }
+        enclosing.push((indent, key.to_owned(), comment_above));
+        comment_above = false;
+    }
+    assert!(
+        undocumented.is_empty(),
+        "values.yaml fields without a `# --` comment: {undocumented:?}"
+    );
+}
