@@ -13,7 +13,8 @@ if ((${#need_pip[@]})); then
     python3 -m pip install --quiet --disable-pip-version-check "${need_pip[@]}"
 fi
 
-# helm-sdkpy (the real Helm library, for the chart tests) declares a newer Python than it needs.
+# helm-sdkpy (the real Helm library, for the chart tests) declares a newer Python than the
+# machines have; it runs on theirs.
 python3 -c 'import helm_sdkpy' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python helm-sdkpy
 
