@@ -13,6 +13,11 @@ if ((${#need_pip[@]})); then
     python3 -m pip install --quiet --disable-pip-version-check "${need_pip[@]}"
 fi
 
+# helm-sdkpy (the real Helm library, for the chart tests) declares a newer Python than the
+# machines have; it runs on theirs.
+python3 -c 'import helm_sdkpy' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --ignore-requires-python helm-sdkpy
+
 command -v kubectl >/dev/null || { echo "kubectl is required on PATH" >&2; exit 1; }
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

@@ -1,9 +1,10 @@
-//! The aigc operator as a library: controllers, the tier layout, and the worker pod template
-//! the binary and its tests build on.
+//! The aigc operator as a library: controllers, RBAC derived from the code, the tier layout,
+//! and the worker pod template the binary and its tests build on.
 
 pub mod controllers;
 pub mod error;
 pub mod layout;
+pub mod rbac;
 pub mod worker_pod;
 
 pub use error::Error;

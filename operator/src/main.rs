@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use aigc_operator::controllers::{self, Context, ControllerConfig};
+use aigc_operator::rbac;
 use aigc_operator::worker_pod::WorkerImages;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,17 @@ enum Command {
     Crds {
         /// Write one file per CRD into this directory (e.g. charts/aigc-operator/crds) instead
         /// of printing.
+        #[arg(long, value_name = "DIR")]
+        write_dir: Option<PathBuf>,
+    },
+    /// Print the ClusterRole rules the operator needs, as YAML, derived from the code.
+    Rbac {
+        /// Print the leader-election Role rules (the operator's namespace) instead.
+        #[arg(long, conflicts_with = "write_dir")]
+        leader_election: bool,
+        /// Write every rules file the chart embeds (operator ClusterRole and Role, and the
+        /// roles aggregated into `view` and `edit`) into this directory (e.g.
+        /// charts/aigc-operator/files) instead of printing.
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
     },
@@ -73,6 +85,28 @@ async fn main() -> anyhow::Result<()> {
             for crd in aigc_crds::all_crds() {
                 let path = dir.join(aigc_crds::crd_file_name(&crd));
                 std::fs::write(&path, aigc_crds::crd_yaml(&crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Rbac {
+            leader_election,
+            write_dir: None,
+        } => {
+            let rules = if leader_election {
+                rbac::leader_election_rules()
+            } else {
+                rbac::cluster_rules()
+            };
+            print!("{}", rbac::rules_yaml(&rules)?);
+        }
+        Command::Rbac {
+            write_dir: Some(dir),
+            ..
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, rules) in rbac::chart_rule_files() {
+                let path = dir.join(name);
+                std::fs::write(&path, rbac::rules_yaml(&rules)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }

@@ -86,3 +86,27 @@ pub fn admit(document: &Value) -> Result<Value, Vec<FieldError>> {
         crd_for(api_version, kind).unwrap_or_else(|| panic!("no CRD serves {api_version} {kind}"));
     admit_custom_resource(&crd_schema(&crd), document, UnknownFields::Reject)
 }
+
+/// Run `python3 tests/scripts/<script> <args>` and return its stdout. Panics with the script's
+/// stderr when it fails; the scripts name `scripts/install-test-deps.sh` when a package they
+/// need is missing.
+pub fn run_python_script(script: &str, args: &[&str]) -> String {
+    let path = repo_root().join("tests/scripts").join(script);
+    let output = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running python3 {}: {e}; is python3 on PATH?",
+                path.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "python3 {script} {args:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("the scripts print UTF-8")
+}
