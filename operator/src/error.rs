@@ -1,0 +1,30 @@
+//! The operator crate's error type.
+
+/// Errors from the operator library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A resource quantity in a workload, node or queue that cannot be used as written.
+    #[error("{field}: {source}")]
+    Quantity {
+        /// Where the quantity came from, e.g. `queues[gpu-team].quota.gpu`.
+        field: String,
+        /// Why it was rejected.
+        source: aigc_crds::Error,
+    },
+    /// A quantity that parses but does not fit the resource, e.g. half a GPU.
+    #[error("{field}: {value:?} {problem}")]
+    QuantityOutOfRange {
+        /// Where the quantity came from.
+        field: String,
+        /// The quantity as written.
+        value: String,
+        /// What is accepted instead.
+        problem: &'static str,
+    },
+    /// The scheduler section of the operator configuration is inconsistent.
+    #[error("scheduler configuration: {0}")]
+    SchedulerConfig(String),
+    /// The operator configuration file cannot be read as YAML.
+    #[error("scheduler configuration is not valid YAML: {0}")]
+    ConfigYaml(#[from] serde_yaml::Error),
+}
