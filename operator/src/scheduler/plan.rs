@@ -260,7 +260,7 @@ impl<'a> Pass<'a> {
             let shape = self.shape(workload, last_device);
             let total = shape.per_replica.times(shape.replicas);
             let hold = match last {
-                Failure::Quota(_) => true,
+                Failure::Quota(_) => self.quotas.could_ever_fit(queue, total),
                 Failure::Nodes(_) => self.nodes.reserve(&shape, index),
             };
             if hold {

@@ -157,9 +157,41 @@ impl QuotaBook {
         Err(self.shortfall(queue, request))
     }
 
+    /// Whether `request` fits the queue's cohort when nothing else runs there.
+    pub(super) fn could_ever_fit(&self, queue: usize, request: Amounts) -> bool {
+        let state = &self.queues[queue];
+        within(&self.cohorts[state.cohort].quota, request)
+    }
+
     fn shortfall(&self, queue: usize, request: Amounts) -> QuotaShortfall {
         let state = &self.queues[queue];
         let cohort = &self.cohorts[state.cohort];
+        if !self.could_ever_fit(queue, request) {
+            let limit = cohort.quota_amounts();
+            let scope = match &cohort.name {
+                Some(name) => format!("cohort {name}'s whole quota"),
+                None => "its whole quota".to_owned(),
+            };
+            let message = if request.gpu > limit.gpu {
+                format!(
+                    "needs {} GPUs, more than {scope} of {}",
+                    request.gpu.0, limit.gpu.0
+                )
+            } else if request.cpu > limit.cpu {
+                format!(
+                    "needs {} cpu, more than {scope} of {}",
+                    request.cpu, limit.cpu
+                )
+            } else {
+                format!(
+                    "needs {} memory, more than {scope} of {}",
+                    request.memory, limit.memory
+                )
+            };
+            return QuotaShortfall {
+                message: format!("queue {}: {message}", state.config.name),
+            };
+        }
         let cohort_used = cohort.usage + state.held;
         let total = cohort_used + request;
         let mut message = format!("queue {}: ", state.config.name);
@@ -282,6 +314,17 @@ mod tests {
         book.hold(0, GPU.times(4));
         assert!(book.check(0, GPU.times(5)).is_err());
         assert_eq!(book.check(1, GPU.times(4)).ok(), Some(false));
+    }
+
+    #[test]
+    fn a_request_larger_than_the_whole_quota_says_so() {
+        let book = QuotaBook::new(vec![queue("a", None, 4)]);
+        assert!(!book.could_ever_fit(0, GPU.times(6)));
+        let err = book.check(0, GPU.times(6)).err().unwrap();
+        assert_eq!(
+            err.message,
+            "queue a: needs 6 GPUs, more than its whole quota of 4"
+        );
     }
 
     #[test]
