@@ -578,3 +578,28 @@ fn unknown_queues_and_foreign_namespaces_are_named() {
         "queue gpu-team does not admit namespace ml; it admits: research"
     );
 }
+
+#[test]
+fn a_quota_blocked_head_keeps_smaller_jobs_of_its_queue_from_overtaking_it() {
+    let config = gpu_queues(None, &[("team", 8), ("other", 8)]);
+    // Running at a higher priority than the head, so it is not preempted.
+    let running = with_priority(in_queue(gpu_job("running", 1, 4), "team"), 20);
+    let pods = vec![pod_of(&running, 0, "g1", Amounts::new(1000, GI, 4))];
+    let cluster = cluster(vec![node("g1", 32, 256, 8), node("g2", 32, 256, 8)], pods);
+    let head = with_priority(in_queue(gpu_job("head", 1, 8), "team"), 10);
+    let small = in_queue(gpu_job("small", 1, 2), "team");
+    let elsewhere = in_queue(gpu_job("elsewhere", 1, 2), "other");
+
+    let plan = plan(&config, &cluster, &[head, small, elsewhere]);
+
+    assert_eq!(waiting(&plan, "head").reason, WaitReason::QuotaExceeded);
+    let small = waiting(&plan, "small");
+    assert!(
+        small
+            .message
+            .contains("held for a higher-priority workload"),
+        "{}",
+        small.message
+    );
+    admitted(&plan, "elsewhere");
+}
