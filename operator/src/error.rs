@@ -21,6 +21,16 @@ pub enum Error {
         /// What is accepted instead.
         problem: &'static str,
     },
+    /// A Kubernetes object field with a value this operator does not know.
+    #[error("{field}: unknown value {value:?}; accepted: {accepted}")]
+    UnknownValue {
+        /// Where the value came from.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// The accepted values.
+        accepted: &'static str,
+    },
     /// The scheduler section of the operator configuration is inconsistent.
     #[error("scheduler configuration: {0}")]
     SchedulerConfig(String),
