@@ -1,6 +1,6 @@
 //! Plan time for 10,000 pending pods in 1,000 workloads (GPU and CPU training gangs,
-//! inference, `auto`) over 10 quota'd queues, onto 500 to 5,000 nodes with 10% of capacity
-//! already running (some of it preemptible training).
+//! inference, `auto`) over 10 quota'd queues, onto 500 to 5,000 nodes where every node
+//! runs a system pod and every fourth node a lower-priority, preemptible training pod.
 //!
 //! Run: `cargo bench -p aigc-operator --bench scheduler`
 
@@ -84,7 +84,7 @@ fn running(nodes: &[Node], random: &mut Random) -> Vec<RunningPod> {
             requests: Amounts::new(500, GI, 0),
             owner: None,
         });
-        if index % 10 == 3 {
+        if index % 4 == 3 {
             let team = random.below(QUEUES as u64);
             let workload = WorkloadKey::new(format!("team-{team}"), format!("old-{index}"));
             let gpus = if node.allocatable.gpu.0 > 0 { 2 } else { 0 };
@@ -136,7 +136,8 @@ fn workloads(random: &mut Random) -> Vec<Workload> {
             key: WorkloadKey::new(format!("team-{team}"), format!("w-{index}")),
             kind,
             queue: format!("team-{team}"),
-            priority: random.below(4) as i32 * 10,
+            // Above the running training, so every workload that does not fit tries preemption.
+            priority: 10 + random.below(4) as i32 * 10,
             queued_at: SystemTime::UNIX_EPOCH + Duration::from_secs(random.below(3600)),
             replicas,
             replica: ReplicaRequest {
@@ -196,12 +197,15 @@ fn plan_time(c: &mut Criterion) {
         };
         let plan = scheduler.plan(&cluster, &pending);
         let placed: usize = plan.admissions.iter().map(|a| a.nodes.len()).sum();
+        let mut reasons = BTreeMap::new();
+        for waiting in &plan.waiting {
+            *reasons.entry(waiting.reason.as_str()).or_insert(0) += 1;
+        }
         eprintln!(
-            "{node_count} nodes: {} of {} workloads admitted ({placed} pods), {} preemptions, {} waiting",
+            "{node_count} nodes: {} of {} workloads admitted ({placed} pods), {} preemptions, waiting: {reasons:?}",
             plan.admissions.len(),
             pending.len(),
             plan.preemptions.len(),
-            plan.waiting.len()
         );
         group.bench_with_input(
             BenchmarkId::new("nodes", node_count),

@@ -42,7 +42,9 @@ pub(super) struct Shortfall {
     pub(super) replicas: u32,
     /// Replicas that would fit at once.
     pub(super) fitting: u32,
-    /// Nodes failing the node selector or GPU product, or without GPUs for a GPU request.
+    /// Nodes without any GPU, for a GPU request.
+    pub(super) without_gpus: usize,
+    /// Nodes failing the node selector or GPU product.
     pub(super) unmatched: usize,
     pub(super) untolerated: usize,
     /// Nodes too small for one replica even when empty.
@@ -269,10 +271,13 @@ impl<'a> NodeTable<'a> {
         if fitting < u64::from(shape.replicas) {
             shortfall.fitting = fitting as u32;
             shortfall.untolerated = untolerated;
-            shortfall.unmatched = self
-                .schedulable
-                .len()
-                .saturating_sub(eligible + untolerated);
+            let considered = if shape.per_replica.gpu.0 > 0 {
+                shortfall.without_gpus = self.schedulable.len() - self.gpu_nodes.len();
+                self.gpu_nodes.len()
+            } else {
+                self.schedulable.len()
+            };
+            shortfall.unmatched = considered.saturating_sub(eligible + untolerated);
             return Err(shortfall);
         }
         Ok(choose(&mut candidates, shape))
@@ -427,9 +432,12 @@ impl Shortfall {
         }
         if self.unmatched > 0 {
             details.push(format!(
-                "{} not matching its node selector, GPU product or GPU need",
+                "{} not matching its node selector or GPU product",
                 self.unmatched
             ));
+        }
+        if self.without_gpus > 0 {
+            details.push(format!("{} without GPUs", self.without_gpus));
         }
         if !details.is_empty() {
             let _ = write!(message, " (nodes: {})", details.join(", "));

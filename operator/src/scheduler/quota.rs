@@ -197,43 +197,54 @@ impl QuotaBook {
         let mut message = format!("queue {}: ", state.config.name);
         // Name the first resource that does not fit, in the order users usually run out.
         let over = |limit: Option<u64>, total: u64| limit.is_some_and(|limit| total > limit);
-        let used = state.usage + state.held;
-        if over(
+        let (used, held, quota, needs, unit) = if over(
             cohort.quota.gpu.map(|g| u64::from(g.0)),
             u64::from(total.gpu.0),
         ) {
             let quota = state.config.quota.gpu.map_or(0, |g| g.0);
-            let _ = write!(
-                message,
-                "quota {}/{} GPUs in use, needs {}",
-                used.gpu.0, quota, request.gpu.0
-            );
+            let show = |n: u32| n.to_string();
+            (
+                show(state.usage.gpu.0),
+                show(state.held.gpu.0),
+                show(quota),
+                show(request.gpu.0),
+                "GPUs",
+            )
         } else if over(cohort.quota.cpu.map(|c| c.0), total.cpu.0) {
             let quota = state.config.quota.cpu.unwrap_or_default();
-            let _ = write!(
-                message,
-                "quota {}/{} cpu in use, needs {}",
-                used.cpu, quota, request.cpu
-            );
+            let show = |m: Millicores| m.to_string();
+            (
+                show(state.usage.cpu),
+                show(state.held.cpu),
+                show(quota),
+                show(request.cpu),
+                "cpu",
+            )
         } else {
             let quota = state.config.quota.memory.unwrap_or_default();
+            let show = |b: Bytes| b.to_string();
+            (
+                show(state.usage.memory),
+                show(state.held.memory),
+                show(quota),
+                show(request.memory),
+                "memory",
+            )
+        };
+        let _ = write!(message, "quota {used}/{quota} {unit} in use");
+        if state.held != Amounts::ZERO {
             let _ = write!(
                 message,
-                "quota {}/{} memory in use, needs {}",
-                used.memory, quota, request.memory
+                ", {held} held for a higher-priority workload of this queue"
             );
         }
+        let _ = write!(message, ", needs {needs}");
         if let Some(name) = &cohort.name {
             let idle = cohort.quota_amounts().saturating_sub(&cohort_used);
             let _ = write!(
                 message,
                 "; cohort {name} has {} GPUs, {} cpu, {} memory idle to lend",
                 idle.gpu.0, idle.cpu, idle.memory
-            );
-        }
-        if state.held != Amounts::ZERO {
-            message.push_str(
-                " (part of the quota is held for a higher-priority workload of this queue)",
             );
         }
         QuotaShortfall { message }

@@ -594,12 +594,9 @@ fn a_quota_blocked_head_keeps_smaller_jobs_of_its_queue_from_overtaking_it() {
 
     assert_eq!(waiting(&plan, "head").reason, WaitReason::QuotaExceeded);
     let small = waiting(&plan, "small");
-    assert!(
-        small
-            .message
-            .contains("held for a higher-priority workload"),
-        "{}",
-        small.message
+    assert_eq!(
+        small.message,
+        "queue team: quota 4/8 GPUs in use, 8 held for a higher-priority workload of this queue, needs 2"
     );
     admitted(&plan, "elsewhere");
 }
