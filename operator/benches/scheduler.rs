@@ -177,6 +177,7 @@ fn config() -> SchedulerConfig {
                 },
             })
             .collect(),
+        ..SchedulerConfig::default()
     }
 }
 

@@ -81,6 +81,7 @@ fn build_config(queues: &[(bool, Option<u32>, Option<u64>)]) -> SchedulerConfig 
                 },
             })
             .collect(),
+        ..SchedulerConfig::default()
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```yaml
 //! autoFallbackAfter: 5m
+//! inferencePriority: 1000
 //! queues:
 //!   - name: gpu-team
 //!     namespaces: [research, vision]
@@ -28,6 +29,10 @@ pub struct SchedulerConfig {
     /// How long an `accelerator: auto` workload waits for a GPU before it runs on CPU.
     #[serde(default = "default_fallback")]
     pub auto_fallback_after: Duration,
+    /// Priority of InferenceService replicas, which have no priority field: TrainingJobs
+    /// below it wait behind new inference replicas and may be preempted by them.
+    #[serde(default = "default_inference_priority")]
+    pub inference_priority: i32,
     /// Admission queues. Without any, one queue named `default` admits every namespace
     /// without quota.
     #[serde(default)]
@@ -67,6 +72,10 @@ pub struct Quota {
     pub memory: Option<Bytes>,
 }
 
+fn default_inference_priority() -> i32 {
+    1000
+}
+
 fn default_fallback() -> Duration {
     Duration("5m".to_owned())
 }
@@ -75,6 +84,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             auto_fallback_after: default_fallback(),
+            inference_priority: default_inference_priority(),
             queues: Vec::new(),
         }
     }
@@ -158,6 +168,7 @@ mod tests {
         assert_eq!(queue.cohort.as_deref(), Some("shared"));
         assert_eq!(config.queue_for_namespace("research"), "gpu-team");
         assert_eq!(config.queue_for_namespace("elsewhere"), DEFAULT_QUEUE);
+        assert_eq!(config.inference_priority, 1000);
     }
 
     #[test]

@@ -136,6 +136,27 @@ impl RunningPod {
     }
 }
 
+/// Required node affinity pinning a pod to `node`, so that kube-scheduler and the kubelet
+/// still check the scheduler's placement.
+pub fn pinned_to(node: &str) -> core::Affinity {
+    core::Affinity {
+        node_affinity: Some(core::NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(core::NodeSelector {
+                node_selector_terms: vec![core::NodeSelectorTerm {
+                    match_fields: Some(vec![core::NodeSelectorRequirement {
+                        key: "metadata.name".to_owned(),
+                        operator: "In".to_owned(),
+                        values: Some(vec![node.to_owned()]),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 impl Toleration {
     /// A toleration from a pod spec.
     pub fn from_k8s(toleration: &core::Toleration) -> Result<Toleration, Error> {
@@ -242,6 +263,18 @@ mod tests {
         let running = RunningPod::from_k8s(&pod, None).unwrap().unwrap();
         assert_eq!(running.requests, Amounts::new(2100, 1 << 30, 2));
         assert_eq!(running.node, "gpu-1");
+    }
+
+    #[test]
+    fn pinning_uses_a_required_match_on_the_node_name() {
+        let affinity = pinned_to("gpu-1");
+        let json = serde_json::to_value(&affinity).unwrap();
+        let term = &json["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0];
+        assert_eq!(
+            term["matchFields"][0],
+            serde_json::json!({"key": "metadata.name", "operator": "In", "values": ["gpu-1"]})
+        );
     }
 
     #[test]

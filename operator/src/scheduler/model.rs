@@ -214,7 +214,8 @@ pub struct Workload {
     pub kind: WorkloadKind,
     /// The queue it asks for (`spec.queue`, or the namespace's queue for inference).
     pub queue: String,
-    /// Higher is admitted first.
+    /// Higher is admitted first: `spec.priority` for a TrainingJob, the configured
+    /// `inferencePriority` for an InferenceService.
     pub priority: i32,
     /// When it entered the queue; earlier goes first within a priority.
     pub queued_at: SystemTime,
