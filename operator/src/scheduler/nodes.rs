@@ -369,13 +369,19 @@ fn choose(candidates: &mut [Candidate], shape: &Shape<'_>) -> Vec<u32> {
         }
         Layout::Spread => {
             let mut taken = vec![0u32; best.len()];
-            while (placement.len() as u32) < shape.replicas {
+            // One replica per node per round; the capacities add up to the gang (checked by
+            // the caller), and a round that places nothing ends the loop regardless.
+            loop {
+                let before = placement.len();
                 for (slot, candidate) in best.iter().enumerate() {
                     if taken[slot] < candidate.capacity && (placement.len() as u32) < shape.replicas
                     {
                         taken[slot] += 1;
                         placement.push(candidate.node);
                     }
+                }
+                if placement.len() as u32 >= shape.replicas || placement.len() == before {
+                    break;
                 }
             }
         }
