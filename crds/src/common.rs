@@ -76,6 +76,82 @@ impl JsonSchema for Quantity {
     }
 }
 
+impl Quantity {
+    /// The quantity in thousandths of its unit, rounded up as Kubernetes rounds requests:
+    /// `500m` is 500, `2` is 2000, `1Ki` is 1_024_000, `1.5T` is 1_500_000_000_000_000.
+    pub fn to_milli(&self) -> Result<u128, Error> {
+        let invalid = |reason: &'static str| Error::InvalidQuantity {
+            value: self.0.clone(),
+            reason,
+        };
+        let text = self.0.as_str();
+        let number_len = text
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        let (number, suffix) = text.split_at(number_len);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(invalid("no digits before the suffix"));
+        }
+        if fraction.contains('.') {
+            return Err(invalid("more than one decimal point"));
+        }
+        // The digits without the decimal point, and how many of them follow it.
+        let mut mantissa: u128 = 0;
+        for digit in whole.bytes().chain(fraction.bytes()) {
+            mantissa = mantissa
+                .checked_mul(10)
+                .and_then(|m| m.checked_add(u128::from(digit - b'0')))
+                .ok_or_else(|| invalid("too many digits"))?;
+        }
+        let fraction_digits =
+            i32::try_from(fraction.len()).map_err(|_| invalid("too many digits"))?;
+        let (decimal_exponent, binary_exponent) = match suffix {
+            "" => (0, 0),
+            "m" => (-3, 0),
+            "k" => (3, 0),
+            "M" => (6, 0),
+            "G" => (9, 0),
+            "T" => (12, 0),
+            "P" => (15, 0),
+            "E" => (18, 0),
+            "Ki" => (0, 10),
+            "Mi" => (0, 20),
+            "Gi" => (0, 30),
+            "Ti" => (0, 40),
+            "Pi" => (0, 50),
+            "Ei" => (0, 60),
+            exponent if exponent.starts_with(['e', 'E']) => {
+                let value: i32 = exponent[1..]
+                    .trim_start_matches('+')
+                    .parse()
+                    .map_err(|_| invalid("the exponent is not a whole number"))?;
+                (value, 0)
+            }
+            _ => return Err(invalid("unknown suffix")),
+        };
+        let too_large = || invalid("too large");
+        let scaled = mantissa
+            .checked_mul(1u128 << binary_exponent)
+            .ok_or_else(too_large)?;
+        // Thousandths: one more factor of 10^3 on top of the suffix.
+        let power = decimal_exponent + 3 - fraction_digits;
+        if power >= 0 {
+            let factor = 10u128
+                .checked_pow(power.unsigned_abs())
+                .ok_or_else(too_large)?;
+            scaled.checked_mul(factor).ok_or_else(too_large)
+        } else {
+            match 10u128.checked_pow(power.unsigned_abs()) {
+                Some(divisor) => Ok(scaled.div_ceil(divisor)),
+                // Smaller than any representable thousandth: rounds up to one unless zero.
+                None => Ok(u128::from(scaled > 0)),
+            }
+        }
+    }
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -250,6 +326,49 @@ fn root_path() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn milli(s: &str) -> u128 {
+        Quantity(s.into()).to_milli().unwrap()
+    }
+
+    #[test]
+    fn quantities_parse_into_thousandths() {
+        assert_eq!(milli("500m"), 500);
+        assert_eq!(milli("4"), 4_000);
+        assert_eq!(milli("0.5"), 500);
+        assert_eq!(milli(".25"), 250);
+        assert_eq!(milli("16Gi"), 16 * (1 << 30) * 1_000);
+        assert_eq!(milli("1.5T"), 1_500_000_000_000_000);
+        assert_eq!(milli("2k"), 2_000_000);
+        assert_eq!(milli("1e3"), 1_000_000);
+        assert_eq!(milli("1E-3"), 1);
+        assert_eq!(milli("1.5Ki"), 1_536_000);
+    }
+
+    #[test]
+    fn quantities_round_up_below_a_thousandth() {
+        assert_eq!(milli("0.1m"), 1);
+        assert_eq!(milli("1e-9"), 1);
+        assert_eq!(milli("0m"), 0);
+    }
+
+    #[test]
+    fn malformed_quantities_are_rejected_with_the_value() {
+        for bad in [
+            "",
+            "m",
+            "1.2.3",
+            "5x",
+            "4gi",
+            "1e",
+            "1e1.5",
+            "-1",
+            "99999999999999999999999999999999999999999",
+        ] {
+            let err = Quantity(bad.into()).to_milli().unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
 
     #[test]
     fn durations_parse_into_milliseconds() {

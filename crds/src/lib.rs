@@ -38,6 +38,16 @@ pub enum Error {
         "invalid duration {0:?}: expected number-unit pairs with units ms, s, m, h, d (e.g. 90s, 36h, 7d, 1h30m)"
     )]
     InvalidDuration(String),
+    /// A quantity string that is not a Kubernetes quantity, or too large to count.
+    #[error(
+        "invalid quantity {value:?}: {reason}; expected a number with an optional suffix m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent (e.g. 500m, 4, 16Gi, 1.5T)"
+    )]
+    InvalidQuantity {
+        /// The quantity as written.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A CRD that cannot be written as YAML.
     #[error("cannot serialise CRD {name} as YAML: {source}")]
     Yaml {

@@ -28,4 +28,38 @@ pub enum Error {
     /// A StorageTier named by a resource that does not exist.
     #[error("StorageTier {0:?} does not exist")]
     TierNotFound(String),
+    /// A resource quantity in a workload, node or queue that cannot be used as written.
+    #[error("{field}: {source}")]
+    Quantity {
+        /// Where the quantity came from, e.g. `queues[gpu-team].quota.gpu`.
+        field: String,
+        /// Why it was rejected.
+        source: aigc_crds::Error,
+    },
+    /// A quantity that parses but does not fit the resource, e.g. half a GPU.
+    #[error("{field}: {value:?} {problem}")]
+    QuantityOutOfRange {
+        /// Where the quantity came from.
+        field: String,
+        /// The quantity as written.
+        value: String,
+        /// What is accepted instead.
+        problem: &'static str,
+    },
+    /// A Kubernetes object field with a value this operator does not know.
+    #[error("{field}: unknown value {value:?}; accepted: {accepted}")]
+    UnknownValue {
+        /// Where the value came from.
+        field: String,
+        /// The value as written.
+        value: String,
+        /// The accepted values.
+        accepted: &'static str,
+    },
+    /// The scheduler section of the operator configuration is inconsistent.
+    #[error("scheduler configuration: {0}")]
+    SchedulerConfig(String),
+    /// The operator configuration file cannot be read as YAML.
+    #[error("scheduler configuration is not valid YAML: {0}")]
+    ConfigYaml(#[from] serde_yaml::Error),
 }
