@@ -1,7 +1,7 @@
 //! OpenAPI documents for custom resources: `/openapi/v3` (index and one document per
 //! group/version) and `/openapi/v2`, enough for `kubectl explain` and for kubectl's check that
-//! the server supports `fieldValidation`. Built-in kinds are not described; clients fall back
-//! to the types compiled into them.
+//! the server supports `fieldValidation`. Built-in kinds other than CustomResourceDefinition are
+//! not described; clients fall back to the types compiled into them.
 
 use serde_json::{Map, Value, json};
 
@@ -121,7 +121,7 @@ fn paths(resources: &[&Resource], schema_prefix: &str) -> Map<String, Value> {
     paths
 }
 
-fn custom(registry: &Registry) -> Vec<std::sync::Arc<Resource>> {
+fn served(registry: &Registry) -> Vec<std::sync::Arc<Resource>> {
     registry
         .groups()
         .into_iter()
@@ -130,8 +130,14 @@ fn custom(registry: &Registry) -> Vec<std::sync::Arc<Resource>> {
                 .into_iter()
                 .flat_map(move |v| registry.in_group_version(&g, &v))
         })
-        .filter(|r| !r.builtin)
         .collect()
+}
+
+/// Kinds whose schema is published: custom resources. Built-ins appear only as paths, which
+/// tell kubectl the server validates fields itself; for their patch strategies it falls back to
+/// the types compiled into it.
+fn described(resource: &Resource) -> bool {
+    !resource.builtin
 }
 
 /// A stable hash of a document, for `serverRelativeURL`s.
@@ -145,12 +151,12 @@ fn hash(value: &Value) -> String {
 /// `/openapi/v3`: one entry per group/version of custom resources.
 pub fn v3_index(registry: &Registry) -> Value {
     let mut paths = Map::new();
-    let resources = custom(registry);
+    let resources = served(registry);
     let mut seen = std::collections::BTreeSet::new();
     for resource in &resources {
         let key = (resource.group.clone(), resource.version.clone());
         if seen.insert(key) {
-            let path = format!("apis/{}/{}", resource.group, resource.version);
+            let path = resource.prefix().trim_start_matches('/').to_owned();
             let doc = v3_document(registry, &resource.group, &resource.version);
             paths.insert(
                 path.clone(),
@@ -161,26 +167,22 @@ pub fn v3_index(registry: &Registry) -> Value {
     json!({"paths": paths})
 }
 
-/// `/openapi/v3/apis/{group}/{version}`, for custom resources.
+/// `/openapi/v3/apis/{group}/{version}` (or `/openapi/v3/api/v1`).
 pub fn v3_document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<std::sync::Arc<Resource>> = registry
-        .in_group_version(group, version)
-        .into_iter()
-        .filter(|r| !r.builtin)
-        .collect();
+    let resources = registry.in_group_version(group, version);
     if resources.is_empty() {
         return None;
     }
     let mut schemas = Map::new();
     let meta_ref = format!("#/components/schemas/{OBJECT_META}");
-    for resource in &resources {
+    for resource in resources.iter().filter(|r| described(r)) {
         schemas.insert(definition_name(resource), published_schema(resource, &meta_ref));
     }
     schemas.insert(OBJECT_META.to_owned(), object_meta());
     let refs: Vec<&Resource> = resources.iter().map(|r| r.as_ref()).collect();
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+        "info": {"title": "Kubernetes", "version": crate::discovery::KUBERNETES_VERSION},
         "paths": paths(&refs, "#/components/schemas/"),
         "components": {"schemas": schemas},
     }))
@@ -188,7 +190,8 @@ pub fn v3_document(registry: &Registry, group: &str, version: &str) -> Option<Va
 
 /// `/openapi/v2`: custom resources in Swagger 2.0 form.
 pub fn v2_document(registry: &Registry) -> Value {
-    let resources = custom(registry);
+    let resources: Vec<std::sync::Arc<Resource>> =
+        served(registry).into_iter().filter(|r| described(r)).collect();
     let mut definitions = Map::new();
     let meta_ref = format!("#/definitions/{OBJECT_META}");
     for resource in &resources {
