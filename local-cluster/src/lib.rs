@@ -13,6 +13,7 @@ pub mod gc;
 pub mod managed;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod resources;
 pub mod schema;

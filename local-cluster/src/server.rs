@@ -191,9 +191,20 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
     }
 }
 
-/// Decode a JSON or YAML request body into an object.
-fn decode(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
-    let value: Value = if yaml {
+/// How a request body is encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Json,
+    Yaml,
+    Protobuf,
+}
+
+/// Decode a JSON, YAML or protobuf request body into an object.
+fn decode(bytes: &[u8], encoding: Encoding) -> Result<Value, ApiError> {
+    if encoding == Encoding::Protobuf {
+        return crate::protobuf::decode(bytes);
+    }
+    let value: Value = if encoding == Encoding::Yaml {
         serde_yaml::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?
     } else {
@@ -204,7 +215,7 @@ fn decode(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-fn body_media(content_type: Option<&str>) -> Result<bool, ApiError> {
+fn body_media(content_type: Option<&str>) -> Result<Encoding, ApiError> {
     let media = content_type
         .unwrap_or("application/json")
         .split(';')
@@ -212,11 +223,12 @@ fn body_media(content_type: Option<&str>) -> Result<bool, ApiError> {
         .unwrap_or("")
         .trim();
     match media {
-        "application/json" | "" => Ok(false),
-        "application/yaml" => Ok(true),
+        "application/json" | "" => Ok(Encoding::Json),
+        "application/yaml" => Ok(Encoding::Yaml),
+        crate::protobuf::MEDIA_TYPE => Ok(Encoding::Protobuf),
         other => Err(ApiError::unsupported_media_type(
             other,
-            &["application/json", "application/yaml"],
+            &["application/json", "application/yaml", crate::protobuf::MEDIA_TYPE],
         )),
     }
 }
@@ -340,7 +352,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 ApiError::unsupported_media_type(&content_type, &PATCH_MEDIA_TYPES)
             })?;
             let bytes = read_body(req, shared.settings.max_body_bytes).await?;
-            let body = decode(&bytes, patch_type == PatchType::Apply)?;
+            let encoding = if patch_type == PatchType::Apply {
+                Encoding::Yaml
+            } else {
+                Encoding::Json
+            };
+            let body = decode(&bytes, encoding)?;
             request.patch(patch_type, body)
         }
         (Method::DELETE, true) => {
@@ -348,7 +365,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
             } else {
-                decode(&bytes, false)?
+                decode(&bytes, Encoding::Json)?
             };
             request.delete(&body)
         }
@@ -357,7 +374,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
             } else {
-                decode(&bytes, false)?
+                decode(&bytes, Encoding::Json)?
             };
             request.delete_collection(&body)
         }
