@@ -101,9 +101,7 @@ pub struct Cluster {
 
 /// The current time as Kubernetes writes timestamps.
 pub fn now() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn subject<'a>(resource: &'a Resource, name: &'a str) -> Subject<'a> {
@@ -210,7 +208,9 @@ fn spec_part(object: &Value) -> Map<String, Value> {
         .as_object()
         .map(|m| {
             m.iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind"))
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -225,8 +225,7 @@ fn comparable(object: &Value, keep_owners: bool) -> Value {
         meta.remove("resourceVersion");
         if !keep_owners {
             meta.remove("managedFields");
-        } else if let Some(entries) = meta.get_mut("managedFields").and_then(Value::as_array_mut)
-        {
+        } else if let Some(entries) = meta.get_mut("managedFields").and_then(Value::as_array_mut) {
             for entry in entries {
                 if let Some(entry) = entry.as_object_mut() {
                     entry.remove("time");
@@ -336,9 +335,8 @@ impl Cluster {
         match schema::admit_custom_resource(schema, &object, UnknownFields::Reject) {
             Ok(admitted) => Ok((admitted, Vec::new())),
             Err(errors) => {
-                let (unknown, other): (Vec<FieldError>, Vec<FieldError>) = errors
-                    .into_iter()
-                    .partition(|e| e.cause == Cause::Unknown);
+                let (unknown, other): (Vec<FieldError>, Vec<FieldError>) =
+                    errors.into_iter().partition(|e| e.cause == Cause::Unknown);
                 if !other.is_empty() {
                     return Err(invalid(&other));
                 }
@@ -466,13 +464,24 @@ impl Cluster {
         let (mut object, warnings) = self.admit(resource, body, options.validation)?;
         if options.apply {
             let config = object.clone();
-            if let Ok(applied) =
-                managed::apply(None, &config, &options.field_manager, false, resource, Part::Main)
-            {
+            if let Ok(applied) = managed::apply(
+                None,
+                &config,
+                &options.field_manager,
+                false,
+                resource,
+                Part::Main,
+            ) {
                 object = applied;
             }
         } else {
-            managed::record_update(&mut object, None, &options.field_manager, resource, Part::Main);
+            managed::record_update(
+                &mut object,
+                None,
+                &options.field_manager,
+                resource,
+                Part::Main,
+            );
         }
         if options.dry_run {
             return Ok(Written {
@@ -635,12 +644,12 @@ impl Cluster {
         }
         if !options.apply {
             managed::record_update(
-            &mut object,
-            Some(&old),
-            &options.field_manager,
-            resource,
-            part,
-        );
+                &mut object,
+                Some(&old),
+                &options.field_manager,
+                resource,
+                part,
+            );
         }
         if options.dry_run {
             return Ok(Written {
@@ -666,7 +675,10 @@ impl Cluster {
         let key = resource.key();
         if is_deleting(&object) && finalizers_of(&object).is_empty() {
             self.gc_pending = true;
-            let (namespace, name) = (namespace_of(&object).to_owned(), name_of(&object).to_owned());
+            let (namespace, name) = (
+                namespace_of(&object).to_owned(),
+                name_of(&object).to_owned(),
+            );
             self.store.put(&key, object);
             return self.remove(resource, &namespace, &name);
         }
@@ -760,7 +772,9 @@ impl Cluster {
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
         if finalizers.is_empty() && !namespace_finalizing {
-            return self.remove(resource, namespace, name).map(|o| present(resource, &o));
+            return self
+                .remove(resource, namespace, name)
+                .map(|o| present(resource, &o));
         }
         set_finalizers(&mut object, &finalizers);
         if !is_deleting(&object) {

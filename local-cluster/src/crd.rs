@@ -79,7 +79,9 @@ pub fn admit(mut crd: Value) -> Result<Value, ApiError> {
                 errors.push(required(&format!("spec.versions[{i}].name")));
             }
             if !version["schema"]["openAPIV3Schema"].is_object() {
-                errors.push(required(&format!("spec.versions[{i}].schema.openAPIV3Schema")));
+                errors.push(required(&format!(
+                    "spec.versions[{i}].schema.openAPIV3Schema"
+                )));
             }
         }
     }

@@ -68,9 +68,9 @@ impl Cluster {
             let uids: HashSet<&str> = objects.iter().map(|(_, o)| uid_of(o)).collect();
             let mut acted = false;
             for (resource, object) in &objects {
-                let current = self
-                    .store
-                    .get(&resource.key(), namespace_of(object), name_of(object));
+                let current =
+                    self.store
+                        .get(&resource.key(), namespace_of(object), name_of(object));
                 if current.as_ref().map(|c| c.as_ref()) != Some(object.as_ref()) {
                     continue;
                 }
@@ -82,9 +82,7 @@ impl Cluster {
                 if is_deleting(object) && finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
                     for (dep_resource, dependent) in &dependents {
                         let mut updated = (**dependent).clone();
-                        if let Some(refs) =
-                            updated["metadata"]["ownerReferences"].as_array_mut()
-                        {
+                        if let Some(refs) = updated["metadata"]["ownerReferences"].as_array_mut() {
                             refs.retain(|r| r["uid"].as_str() != Some(uid_of(object)));
                             if refs.is_empty()
                                 && let Some(meta) = updated["metadata"].as_object_mut()
@@ -125,7 +123,8 @@ impl Cluster {
                     && !is_deleting(object)
                     && owners.iter().all(|uid| !uids.contains(uid))
                 {
-                    let _ = self.delete(resource, namespace_of(object), name_of(object), &BACKGROUND);
+                    let _ =
+                        self.delete(resource, namespace_of(object), name_of(object), &BACKGROUND);
                     acted = true;
                     continue;
                 }

@@ -257,10 +257,9 @@ impl LocalCluster {
         write_file(&kubeconfig_path, &kubeconfig(https_addr, &certs.ca_pem))?;
         let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
             .map_err(|e| Error::Client(e.to_string()))?;
-        let client_config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| Error::Client(e.to_string()))?;
+        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| Error::Client(e.to_string()))?;
         let client =
             kube::Client::try_from(client_config).map_err(|e| Error::Client(e.to_string()))?;
         Ok(Self {

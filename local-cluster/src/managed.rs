@@ -353,7 +353,10 @@ fn remove_path(value: &mut Value, path: &[String]) {
                 .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
                 .map(|m| m.len())
                 .unwrap_or(0);
-            if items[index].as_object().is_some_and(|m| m.len() <= key_fields) {
+            if items[index]
+                .as_object()
+                .is_some_and(|m| m.len() <= key_fields)
+            {
                 items.remove(index);
             }
         }
@@ -470,7 +473,9 @@ pub fn apply(
         }
         entry.fields.retain(|p| !conflicting.contains(p));
     }
-    entries.retain(|e| !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource));
+    entries.retain(|e| {
+        !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
+    });
     entries.push(Entry {
         manager: manager.to_owned(),
         operation: "Apply".to_owned(),
@@ -490,7 +495,10 @@ mod tests {
     use crate::resources::Registry;
 
     fn configmaps() -> Resource {
-        (*Registry::with_builtins().get("", "v1", "configmaps").unwrap()).clone()
+        (*Registry::with_builtins()
+            .get("", "v1", "configmaps")
+            .unwrap())
+        .clone()
     }
 
     #[test]
@@ -499,8 +507,8 @@ mod tests {
         let base = json!({"metadata": {"name": "c"}, "data": {"a": "1"}});
         let first = apply(None, &base, "alice", false, &resource, Part::Main).unwrap();
         let change = json!({"metadata": {"name": "c"}, "data": {"a": "2"}});
-        let conflicts = apply(Some(&first), &change, "bob", false, &resource, Part::Main)
-            .unwrap_err();
+        let conflicts =
+            apply(Some(&first), &change, "bob", false, &resource, Part::Main).unwrap_err();
         assert_eq!(conflicts, [("alice".to_owned(), ".data.a".to_owned())]);
         let forced = apply(Some(&first), &change, "bob", true, &resource, Part::Main).unwrap();
         assert_eq!(forced["data"]["a"], "2");
@@ -531,7 +539,10 @@ mod tests {
         let fields = &object["metadata"]["managedFields"][0]["fieldsV1"];
         assert!(fields["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["f:image"].is_object());
         let mut target = json!({"containers": [{"name": "web", "image": "a"}, {"name": "side"}]});
-        merge_applied(&mut target, &json!({"containers": [{"name": "web", "image": "b"}]}));
+        merge_applied(
+            &mut target,
+            &json!({"containers": [{"name": "web", "image": "b"}]}),
+        );
         assert_eq!(target["containers"][0]["image"], "b");
         assert_eq!(target["containers"][1]["name"], "side");
     }

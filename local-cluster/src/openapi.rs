@@ -83,7 +83,12 @@ fn parameters() -> Value {
 fn operations(resource: &Resource, item: bool, schema_ref: &str) -> Value {
     let mut ops = Map::new();
     let verbs: &[(&str, &str)] = if item {
-        &[("get", "get"), ("put", "put"), ("patch", "patch"), ("delete", "delete")]
+        &[
+            ("get", "get"),
+            ("put", "put"),
+            ("patch", "patch"),
+            ("delete", "delete"),
+        ]
     } else {
         &[("get", "list"), ("post", "post")]
     };
@@ -108,7 +113,11 @@ fn paths(resources: &[&Resource], schema_prefix: &str) -> Map<String, Value> {
     for resource in resources {
         let schema_ref = format!("{schema_prefix}{}", definition_name(resource));
         let collection = if resource.namespaced {
-            format!("{}/namespaces/{{namespace}}/{}", resource.prefix(), resource.plural)
+            format!(
+                "{}/namespaces/{{namespace}}/{}",
+                resource.prefix(),
+                resource.plural
+            )
         } else {
             format!("{}/{}", resource.prefix(), resource.plural)
         };
@@ -176,7 +185,10 @@ pub fn v3_document(registry: &Registry, group: &str, version: &str) -> Option<Va
     let mut schemas = Map::new();
     let meta_ref = format!("#/components/schemas/{OBJECT_META}");
     for resource in resources.iter().filter(|r| described(r)) {
-        schemas.insert(definition_name(resource), published_schema(resource, &meta_ref));
+        schemas.insert(
+            definition_name(resource),
+            published_schema(resource, &meta_ref),
+        );
     }
     schemas.insert(OBJECT_META.to_owned(), object_meta());
     let refs: Vec<&Resource> = resources.iter().map(|r| r.as_ref()).collect();
@@ -190,12 +202,17 @@ pub fn v3_document(registry: &Registry, group: &str, version: &str) -> Option<Va
 
 /// `/openapi/v2`: custom resources in Swagger 2.0 form.
 pub fn v2_document(registry: &Registry) -> Value {
-    let resources: Vec<std::sync::Arc<Resource>> =
-        served(registry).into_iter().filter(|r| described(r)).collect();
+    let resources: Vec<std::sync::Arc<Resource>> = served(registry)
+        .into_iter()
+        .filter(|r| described(r))
+        .collect();
     let mut definitions = Map::new();
     let meta_ref = format!("#/definitions/{OBJECT_META}");
     for resource in &resources {
-        definitions.insert(definition_name(resource), published_schema(resource, &meta_ref));
+        definitions.insert(
+            definition_name(resource),
+            published_schema(resource, &meta_ref),
+        );
     }
     definitions.insert(OBJECT_META.to_owned(), object_meta());
     let refs: Vec<&Resource> = resources.iter().map(|r| r.as_ref()).collect();

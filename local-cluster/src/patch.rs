@@ -49,7 +49,9 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let mut patched = target.clone();
     json_patch::patch(&mut patched, &operations).map_err(|e| {
-        ApiError::new_unprocessable(format!("the server rejected our request due to an error in our request: {e}"))
+        ApiError::new_unprocessable(format!(
+            "the server rejected our request due to an error in our request: {e}"
+        ))
     })?;
     Ok(patched)
 }
@@ -69,8 +71,14 @@ pub fn merge_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
 /// The merge key of a list field of a built-in kind, from the API's patch strategies.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "hostAliases" | "secrets" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "hostAliases"
+        | "secrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
         "conditions" | "taints" => Some("type"),
@@ -221,7 +229,8 @@ mod tests {
     #[test]
     fn finalizers_merge_and_delete_from_primitive_list() {
         let object = json!({"metadata": {"finalizers": ["a", "b"]}});
-        let added = strategic_merge_patch(&object, &json!({"metadata": {"finalizers": ["c"]}})).unwrap();
+        let added =
+            strategic_merge_patch(&object, &json!({"metadata": {"finalizers": ["c"]}})).unwrap();
         assert_eq!(added["metadata"]["finalizers"], json!(["a", "b", "c"]));
         let removed = strategic_merge_patch(
             &added,
@@ -236,7 +245,8 @@ mod tests {
         let object = json!({"a": 1});
         assert!(json_patch(&object, &json!([{"op": "remove", "path": "/missing"}])).is_err());
         assert!(json_patch(&object, &json!({"op": "bogus"})).is_err());
-        let patched = json_patch(&object, &json!([{"op": "add", "path": "/b", "value": 2}])).unwrap();
+        let patched =
+            json_patch(&object, &json!([{"op": "add", "path": "/b", "value": 2}])).unwrap();
         assert_eq!(patched, json!({"a": 1, "b": 2}));
     }
 }

@@ -53,7 +53,10 @@ const OBJECT_META: &[(u64, Field)] = &[
 
 const NAMESPACE: &[(u64, Field)] = &[
     (1, Field::Message("metadata", OBJECT_META)),
-    (2, Field::Message("spec", &[(1, Field::Texts("finalizers"))])),
+    (
+        2,
+        Field::Message("spec", &[(1, Field::Texts("finalizers"))]),
+    ),
 ];
 
 const CONFIG_MAP: &[(u64, Field)] = &[
@@ -73,7 +76,10 @@ const SECRET: &[(u64, Field)] = &[
 
 const SERVICE_ACCOUNT: &[(u64, Field)] = &[
     (1, Field::Message("metadata", OBJECT_META)),
-    (3, Field::Messages("imagePullSecrets", &[(1, Field::Text("name"))])),
+    (
+        3,
+        Field::Messages("imagePullSecrets", &[(1, Field::Text("name"))]),
+    ),
     (4, Field::Bool("automountServiceAccountToken")),
 ];
 
@@ -197,7 +203,10 @@ fn message(bytes: &[u8], schema: &[(u64, Field)]) -> Result<Value, ApiError> {
                     }
                 }
                 if let Some(t) = chrono::DateTime::from_timestamp(seconds, 0) {
-                    object.insert(name.into(), json!(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    object.insert(
+                        name.into(),
+                        json!(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    );
                 }
             }
             (Field::Texts(name), Wire::Bytes(b)) => {

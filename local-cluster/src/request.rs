@@ -172,8 +172,14 @@ pub fn representation(accept: Option<&str>) -> Option<Representation> {
             | ("application/json" | "*/*" | "application/*", "PartialObjectMetadataList") => {
                 return Some(Representation::Metadata);
             }
-            ("application/json" | "*/*" | "application/*" | "application/json-patch+json"
-            | "application/merge-patch+json", "") => return Some(Representation::Json),
+            (
+                "application/json"
+                | "*/*"
+                | "application/*"
+                | "application/json-patch+json"
+                | "application/merge-patch+json",
+                "",
+            ) => return Some(Representation::Json),
             ("application/yaml", "") => return Some(Representation::Yaml),
             _ => {}
         }
@@ -219,7 +225,9 @@ mod tests {
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%4"), "%4");
         assert_eq!(
-            representation(Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")),
+            representation(Some(
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+            )),
             Some(Representation::Table)
         );
         assert_eq!(

@@ -207,7 +207,14 @@ const BUILTINS: &[Builtin] = &[
         .generational(),
     builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
     builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"]),
-    builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true, &[]),
+    builtin(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        true,
+        &[],
+    ),
     builtin(
         "rbac.authorization.k8s.io",
         "v1",

@@ -148,7 +148,12 @@ fn error_response(error: &ApiError) -> Response<Body> {
     json_response(error.code, &error.to_status(), &[])
 }
 
-fn render(code: u16, value: &Value, representation: Representation, warnings: &[String]) -> Response<Body> {
+fn render(
+    code: u16,
+    value: &Value,
+    representation: Representation,
+    warnings: &[String],
+) -> Response<Body> {
     if representation == Representation::Yaml
         && let Ok(text) = serde_yaml::to_string(value)
     {
@@ -165,7 +170,9 @@ fn render(code: u16, value: &Value, representation: Representation, warnings: &[
 async fn respond(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let outcome = std::panic::AssertUnwindSafe(handle(shared, req)).catch_unwind().await;
+    let outcome = std::panic::AssertUnwindSafe(handle(shared, req))
+        .catch_unwind()
+        .await;
     let response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error_response(&error),
@@ -187,7 +194,9 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::too_large(limit))
         }
-        Err(error) => Err(ApiError::bad_request(format!("reading the request body: {error}"))),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "reading the request body: {error}"
+        ))),
     }
 }
 
@@ -228,7 +237,11 @@ fn body_media(content_type: Option<&str>) -> Result<Encoding, ApiError> {
         crate::protobuf::MEDIA_TYPE => Ok(Encoding::Protobuf),
         other => Err(ApiError::unsupported_media_type(
             other,
-            &["application/json", "application/yaml", crate::protobuf::MEDIA_TYPE],
+            &[
+                "application/json",
+                "application/yaml",
+                crate::protobuf::MEDIA_TYPE,
+            ],
         )),
     }
 }
@@ -265,7 +278,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             Route::ResourceList(g, v) => {
                 return document(discovery::resource_list(&shared.lock().registry, g, v));
             }
-            Route::OpenApiV2 => return document(Some(openapi::v2_document(&shared.lock().registry))),
+            Route::OpenApiV2 => {
+                return document(Some(openapi::v2_document(&shared.lock().registry)));
+            }
             Route::OpenApiV3Index => {
                 return document(Some(openapi::v3_index(&shared.lock().registry)));
             }
@@ -395,11 +410,13 @@ struct Call {
 }
 
 fn dotted_pointer(path: &str) -> String {
-    path.trim_start_matches('.').split('.').fold(String::new(), |mut acc, part| {
-        acc.push('/');
-        acc.push_str(part);
-        acc
-    })
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |mut acc, part| {
+            acc.push('/');
+            acc.push_str(part);
+            acc
+        })
 }
 
 impl Call {
@@ -467,17 +484,26 @@ impl Call {
         let cluster = self.shared.lock();
         let object = cluster.get(&self.resource, self.namespace(), self.name())?;
         if self.path.subresource.as_deref() == Some("scale") {
-            return Ok(render(200, &self.scale_of(&object), Representation::Json, &[]));
+            return Ok(render(
+                200,
+                &self.scale_of(&object),
+                Representation::Json,
+                &[],
+            ));
         }
         Ok(self.single(200, &object, &[]))
     }
 
     fn scale_of(&self, object: &Value) -> Value {
-        let paths = self.resource.scale.clone().unwrap_or_else(|| crate::resources::ScalePaths {
-            spec_replicas: ".spec.replicas".into(),
-            status_replicas: ".status.replicas".into(),
-            label_selector: None,
-        });
+        let paths = self
+            .resource
+            .scale
+            .clone()
+            .unwrap_or_else(|| crate::resources::ScalePaths {
+                spec_replicas: ".spec.replicas".into(),
+                status_replicas: ".status.replicas".into(),
+                label_selector: None,
+            });
         let meta = &object["metadata"];
         let mut scale = json!({
             "kind": "Scale",
@@ -500,7 +526,11 @@ impl Call {
     }
 
     /// Write a Scale's `spec.replicas` into the object and store it.
-    fn write_scale(&self, cluster: &mut Cluster, scale: &Value) -> Result<Response<Body>, ApiError> {
+    fn write_scale(
+        &self,
+        cluster: &mut Cluster,
+        scale: &Value,
+    ) -> Result<Response<Body>, ApiError> {
         let current = cluster.get(&self.resource, self.namespace(), self.name())?;
         let replicas = scale["spec"]["replicas"].clone();
         if !replicas.is_i64() || replicas.as_i64().unwrap_or(-1) < 0 {
@@ -543,7 +573,12 @@ impl Call {
             &self.options,
         )?;
         cluster.collect_garbage();
-        Ok(render(200, &self.scale_of(&written.object), Representation::Json, &written.warnings))
+        Ok(render(
+            200,
+            &self.scale_of(&written.object),
+            Representation::Json,
+            &written.warnings,
+        ))
     }
 
     fn list(&self) -> Result<Response<Body>, ApiError> {
@@ -584,7 +619,13 @@ impl Call {
             (items, metadata)
         };
         let body = match self.representation {
-            Representation::Table => table(&self.resource, &items, true, self.include_object(), metadata),
+            Representation::Table => table(
+                &self.resource,
+                &items,
+                true,
+                self.include_object(),
+                metadata,
+            ),
             Representation::Metadata => {
                 let items: Vec<Value> = items
                     .iter()
@@ -680,7 +721,9 @@ impl Call {
                             receiver,
                         )
                     }
-                    Ok((changes, receiver)) => (watches::Start::Replay { changes, revision }, receiver),
+                    Ok((changes, receiver)) => {
+                        (watches::Start::Replay { changes, revision }, receiver)
+                    }
                     Err(too_old) => {
                         let (_, receiver) = cluster
                             .store
@@ -801,7 +844,9 @@ impl Call {
             ..self.options.clone()
         };
         let part = self.part();
-        let current = cluster.get(&self.resource, self.namespace(), self.name()).ok();
+        let current = cluster
+            .get(&self.resource, self.namespace(), self.name())
+            .ok();
         let name = self.name().to_owned();
         let subject = Subject {
             group: &self.resource.group,
@@ -820,9 +865,23 @@ impl Call {
             cluster.collect_garbage();
             return Ok(self.single(201, &written.object, &written.warnings));
         };
-        let merged = managed::apply(Some(&current), &config, &options.field_manager, force, &self.resource, part)
-            .map_err(|conflicts| ApiError::apply_conflict(&subject, &conflicts))?;
-        let written = cluster.update(&self.resource, self.namespace(), self.name(), merged, part, &options)?;
+        let merged = managed::apply(
+            Some(&current),
+            &config,
+            &options.field_manager,
+            force,
+            &self.resource,
+            part,
+        )
+        .map_err(|conflicts| ApiError::apply_conflict(&subject, &conflicts))?;
+        let written = cluster.update(
+            &self.resource,
+            self.namespace(),
+            self.name(),
+            merged,
+            part,
+            &options,
+        )?;
         cluster.collect_garbage();
         Ok(self.single(200, &written.object, &written.warnings))
     }
@@ -923,7 +982,8 @@ fn encode_continue(key: &(String, String)) -> String {
 
 fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     use base64::Engine;
-    let invalid = || ApiError::bad_request("continue key is not valid: the token cannot be decoded");
+    let invalid =
+        || ApiError::bad_request("continue key is not valid: the token cannot be decoded");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| invalid())?;

@@ -93,7 +93,11 @@ impl ApiError {
         let mut error = Self::new(
             409,
             "AlreadyExists",
-            format!("{} \"{}\" already exists", subject.qualified(), subject.name),
+            format!(
+                "{} \"{}\" already exists",
+                subject.qualified(),
+                subject.name
+            ),
         );
         error.details = Some(subject.details());
         error

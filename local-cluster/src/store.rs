@@ -307,7 +307,10 @@ mod tests {
     fn watches_older_than_history_are_refused() {
         let mut store = Store::new(2);
         for name in ["a", "b", "c", "d"] {
-            store.put(&key(), json!({"metadata": {"name": name, "namespace": "n"}}));
+            store.put(
+                &key(),
+                json!({"metadata": {"name": name, "namespace": "n"}}),
+            );
         }
         assert!(store.watch_from(1).is_err());
         let (replay, _) = store.watch_from(3).unwrap();

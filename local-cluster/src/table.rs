@@ -30,7 +30,8 @@ fn column(name: &str, type_: &str, json_path: &str, description: &str) -> Printe
     }
 }
 
-const AGE: &str = "CreationTimestamp is a timestamp representing the server time when this object was created.";
+const AGE: &str =
+    "CreationTimestamp is a timestamp representing the server time when this object was created.";
 
 /// The columns shown for a resource (after Name).
 pub fn columns(resource: &Resource) -> Vec<PrinterColumn> {
@@ -44,23 +45,63 @@ pub fn columns(resource: &Resource) -> Vec<PrinterColumn> {
         "pods" => vec![
             column("Ready", "string", "", "The number of ready containers."),
             column("Status", "string", ".status.phase", "The phase of the pod."),
-            column("Restarts", "string", "", "The number of container restarts."),
+            column(
+                "Restarts",
+                "string",
+                "",
+                "The number of container restarts.",
+            ),
         ],
         "deployments" => vec![
-            column("Ready", "string", "", "Number of ready replicas out of desired."),
-            column("Up-to-date", "integer", ".status.updatedReplicas", "Updated replicas."),
-            column("Available", "integer", ".status.availableReplicas", "Available replicas."),
+            column(
+                "Ready",
+                "string",
+                "",
+                "Number of ready replicas out of desired.",
+            ),
+            column(
+                "Up-to-date",
+                "integer",
+                ".status.updatedReplicas",
+                "Updated replicas.",
+            ),
+            column(
+                "Available",
+                "integer",
+                ".status.availableReplicas",
+                "Available replicas.",
+            ),
         ],
         "replicasets" => vec![
             column("Desired", "integer", ".spec.replicas", "Desired replicas."),
-            column("Current", "integer", ".status.replicas", "Current replicas."),
-            column("Ready", "integer", ".status.readyReplicas", "Ready replicas."),
+            column(
+                "Current",
+                "integer",
+                ".status.replicas",
+                "Current replicas.",
+            ),
+            column(
+                "Ready",
+                "integer",
+                ".status.readyReplicas",
+                "Ready replicas.",
+            ),
         ],
         "jobs" => vec![
             column("Status", "string", "", "Status of the job."),
-            column("Completions", "string", "", "Succeeded out of desired completions."),
+            column(
+                "Completions",
+                "string",
+                "",
+                "Succeeded out of desired completions.",
+            ),
         ],
-        "namespaces" => vec![column("Status", "string", ".status.phase", "The namespace phase.")],
+        "namespaces" => vec![column(
+            "Status",
+            "string",
+            ".status.phase",
+            "The namespace phase.",
+        )],
         "configmaps" => vec![column("Data", "integer", "", "Number of data keys.")],
         "secrets" => vec![
             column("Type", "string", ".type", "The secret type."),
@@ -95,16 +136,16 @@ fn computed_cell(resource: &Resource, column: &str, object: &Value) -> Option<Va
     match (resource.plural.as_str(), column) {
         ("pods", "Ready") => {
             let total = count(&object["spec"]["containers"]);
-            let ready = status["containerStatuses"]
-                .as_array()
-                .map_or(0, |s| s.iter().filter(|c| c["ready"] == json!(true)).count());
+            let ready = status["containerStatuses"].as_array().map_or(0, |s| {
+                s.iter().filter(|c| c["ready"] == json!(true)).count()
+            });
             Some(json!(format!("{ready}/{total}")))
         }
         ("pods", "Status") if crate::api::is_deleting(object) => Some(json!("Terminating")),
         ("pods", "Restarts") => {
-            let restarts: i64 = status["containerStatuses"]
-                .as_array()
-                .map_or(0, |s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum());
+            let restarts: i64 = status["containerStatuses"].as_array().map_or(0, |s| {
+                s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
+            });
             Some(json!(restarts.to_string()))
         }
         ("deployments", "Ready") => Some(json!(format!(
@@ -158,17 +199,23 @@ pub fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
         if let Some(after) = rest.strip_prefix('[') {
             let end = after.find(']')?;
             let inside = &after[..end];
-            rest = after[end + 1..].strip_prefix('.').unwrap_or(&after[end + 1..]);
-            if let Some(filter) = inside.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+            rest = after[end + 1..]
+                .strip_prefix('.')
+                .unwrap_or(&after[end + 1..]);
+            if let Some(filter) = inside
+                .strip_prefix("?(@.")
+                .and_then(|f| f.strip_suffix(')'))
+            {
                 let (field, wanted) = filter.split_once("==")?;
                 let wanted = wanted.trim().trim_matches('"').trim_matches('\'');
-                current = current.as_array()?.iter().find(|item| {
-                    match item.get(field.trim()) {
+                current = current
+                    .as_array()?
+                    .iter()
+                    .find(|item| match item.get(field.trim()) {
                         Some(Value::String(s)) => s == wanted,
                         Some(other) => other.to_string() == wanted,
                         None => false,
-                    }
-                })?;
+                    })?;
             } else {
                 current = current.get(inside.parse::<usize>().ok()?)?;
             }
@@ -325,7 +372,10 @@ mod tests {
             json_path(&object, ".status.conditions[?(@.type==\"Ready\")].status"),
             Some(&json!("False"))
         );
-        assert_eq!(json_path(&object, ".status.conditions[0].type"), Some(&json!("Admitted")));
+        assert_eq!(
+            json_path(&object, ".status.conditions[0].type"),
+            Some(&json!("Admitted"))
+        );
         assert_eq!(json_path(&object, ".status.missing"), None);
     }
 }

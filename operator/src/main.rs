@@ -95,14 +95,18 @@ fn local_up(data_dir: PathBuf, port: u16, persist: bool) -> anyhow::Result<()> {
             cluster.http_url(),
             cluster.kubeconfig_path().display()
         );
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
         tokio::select! {
             result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
             _ = terminate.recv() => {}
         }
         eprintln!("stopping the local cluster");
-        cluster.shutdown().await.context("stopping the local cluster")
+        cluster
+            .shutdown()
+            .await
+            .context("stopping the local cluster")
     })
 }
 

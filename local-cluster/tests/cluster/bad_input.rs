@@ -17,17 +17,34 @@ fn assert_status(body: &Value, code: u16, reason: &str) {
 async fn malformed_bodies_are_bad_requests() {
     let h = Harness::start().await;
     let path = "/api/v1/namespaces/default/configmaps";
-    let broken = h.http("POST", path, &[JSON], br#"{"apiVersion": "v1", "kind": "Con"#).await;
+    let broken = h
+        .http(
+            "POST",
+            path,
+            &[JSON],
+            br#"{"apiVersion": "v1", "kind": "Con"#,
+        )
+        .await;
     assert_eq!(broken.status, 400);
     assert_status(&broken.body, 400, "BadRequest");
     let yaml = h
-        .http("POST", path, &[("Content-Type", "application/yaml")], b"kind: [unclosed")
+        .http(
+            "POST",
+            path,
+            &[("Content-Type", "application/yaml")],
+            b"kind: [unclosed",
+        )
         .await;
     assert_status(&yaml.body, 400, "BadRequest");
     let not_object = h.http("POST", path, &[JSON], b"[1, 2]").await;
     assert_status(&not_object.body, 400, "BadRequest");
     let wrong_kind = h
-        .http("POST", path, &[JSON], br#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}"#)
+        .http(
+            "POST",
+            path,
+            &[JSON],
+            br#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}"#,
+        )
         .await;
     assert_status(&wrong_kind.body, 400, "BadRequest");
 }
@@ -35,14 +52,28 @@ async fn malformed_bodies_are_bad_requests() {
 #[tokio::test]
 async fn unknown_resources_are_not_found() {
     let h = Harness::start().await;
-    let unknown = h.http("GET", "/apis/nope.example/v1/things", &[], b"").await;
+    let unknown = h
+        .http("GET", "/apis/nope.example/v1/things", &[], b"")
+        .await;
     assert_eq!(unknown.status, 404);
     assert_status(&unknown.body, 404, "NotFound");
-    let missing = h.http("GET", "/api/v1/namespaces/default/configmaps/absent", &[], b"").await;
+    let missing = h
+        .http(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/absent",
+            &[],
+            b"",
+        )
+        .await;
     assert_status(&missing.body, 404, "NotFound");
     assert_eq!(missing.body["message"], "configmaps \"absent\" not found");
-    assert_eq!(missing.body["details"], json!({"name": "absent", "kind": "configmaps"}));
-    let odd = h.http("GET", "/api/v1/namespaces/%zz/configmaps/%", &[], b"").await;
+    assert_eq!(
+        missing.body["details"],
+        json!({"name": "absent", "kind": "configmaps"})
+    );
+    let odd = h
+        .http("GET", "/api/v1/namespaces/%zz/configmaps/%", &[], b"")
+        .await;
     assert_eq!(odd.status, 404);
 }
 
@@ -50,25 +81,47 @@ async fn unknown_resources_are_not_found() {
 async fn wrong_media_types_and_oversized_bodies_are_refused() {
     let h = Harness::start().await;
     let path = "/api/v1/namespaces/default/configmaps";
-    let text = h.http("POST", path, &[("Content-Type", "text/plain")], b"x").await;
+    let text = h
+        .http("POST", path, &[("Content-Type", "text/plain")], b"x")
+        .await;
     assert_status(&text.body, 415, "UnsupportedMediaType");
     let protobuf_only = h
-        .http("GET", path, &[("Accept", "application/vnd.kubernetes.protobuf")], b"")
+        .http(
+            "GET",
+            path,
+            &[("Accept", "application/vnd.kubernetes.protobuf")],
+            b"",
+        )
         .await;
     assert_status(&protobuf_only.body, 406, "NotAcceptable");
     let big = vec![b' '; 4 * 1024 * 1024];
     let too_large = h.http("POST", path, &[JSON], &big).await;
     assert_eq!(too_large.status, 413);
     let created = h
-        .http("POST", path, &[JSON], br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#)
+        .http(
+            "POST",
+            path,
+            &[JSON],
+            br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#,
+        )
         .await;
     assert_eq!(created.status, 201);
     let patch = h
-        .http("PATCH", &format!("{path}/c"), &[("Content-Type", "application/xml")], b"<a/>")
+        .http(
+            "PATCH",
+            &format!("{path}/c"),
+            &[("Content-Type", "application/xml")],
+            b"<a/>",
+        )
         .await;
     assert_status(&patch.body, 415, "UnsupportedMediaType");
     let bad_patch = h
-        .http("PATCH", &format!("{path}/c"), &[("Content-Type", "application/json-patch+json")], br#"{"op": 1}"#)
+        .http(
+            "PATCH",
+            &format!("{path}/c"),
+            &[("Content-Type", "application/json-patch+json")],
+            br#"{"op": 1}"#,
+        )
         .await;
     assert_status(&bad_patch.body, 400, "BadRequest");
 }
@@ -86,20 +139,38 @@ async fn conflicts_and_schema_violations_carry_causes() {
     let stale = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "c", "resourceVersion": "1"}, "data": {"a": "2"}});
     let stale = h
-        .http("PUT", &format!("{path}/c"), &[JSON], stale.to_string().as_bytes())
+        .http(
+            "PUT",
+            &format!("{path}/c"),
+            &[JSON],
+            stale.to_string().as_bytes(),
+        )
         .await;
     assert_status(&stale.body, 409, "Conflict");
     let bad_name = h
-        .http("POST", path, &[JSON], br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}"#)
+        .http(
+            "POST",
+            path,
+            &[JSON],
+            br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Bad_Name"}}"#,
+        )
         .await;
     assert_status(&bad_name.body, 422, "Invalid");
-    assert_eq!(bad_name.body["details"]["causes"][0]["field"], "metadata.name");
+    assert_eq!(
+        bad_name.body["details"]["causes"][0]["field"],
+        "metadata.name"
+    );
 
     let tier = json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
         "metadata": {"name": "bad"},
         "spec": {"class": "lukewarm", "backend": {"filesystem": {"path": "relative"}}}});
     let invalid = h
-        .http("POST", "/apis/aigc.dev/v1alpha1/storagetiers", &[JSON], tier.to_string().as_bytes())
+        .http(
+            "POST",
+            "/apis/aigc.dev/v1alpha1/storagetiers",
+            &[JSON],
+            tier.to_string().as_bytes(),
+        )
         .await;
     assert_status(&invalid.body, 422, "Invalid");
     let fields: Vec<&str> = invalid.body["details"]["causes"]
@@ -109,24 +180,47 @@ async fn conflicts_and_schema_violations_carry_causes() {
         .map(|c| c["field"].as_str().unwrap())
         .collect();
     assert!(fields.contains(&"spec.class"), "{fields:?}");
-    assert!(fields.contains(&"spec.backend.filesystem.path"), "{fields:?}");
+    assert!(
+        fields.contains(&"spec.backend.filesystem.path"),
+        "{fields:?}"
+    );
     assert_eq!(invalid.body["details"]["group"], "aigc.dev");
 
     let unknown = json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
         "metadata": {"name": "extra"},
         "spec": {"class": "hot", "bogus": 1, "backend": {"filesystem": {"path": "/x"}}}});
     let strict = h
-        .http("POST", "/apis/aigc.dev/v1alpha1/storagetiers?fieldValidation=Strict", &[JSON], unknown.to_string().as_bytes())
+        .http(
+            "POST",
+            "/apis/aigc.dev/v1alpha1/storagetiers?fieldValidation=Strict",
+            &[JSON],
+            unknown.to_string().as_bytes(),
+        )
         .await;
     assert_status(&strict.body, 400, "BadRequest");
-    assert!(strict.body["message"].as_str().unwrap().contains("unknown field \"spec.bogus\""));
+    assert!(
+        strict.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.bogus\"")
+    );
     let pruned = h
-        .http("POST", "/apis/aigc.dev/v1alpha1/storagetiers?fieldValidation=Ignore", &[JSON], unknown.to_string().as_bytes())
+        .http(
+            "POST",
+            "/apis/aigc.dev/v1alpha1/storagetiers?fieldValidation=Ignore",
+            &[JSON],
+            unknown.to_string().as_bytes(),
+        )
         .await;
     assert_eq!(pruned.status, 201);
     assert!(pruned.body["spec"].get("bogus").is_none());
     let smp = h
-        .http("PATCH", "/apis/aigc.dev/v1alpha1/storagetiers/extra", &[("Content-Type", "application/strategic-merge-patch+json")], b"{}")
+        .http(
+            "PATCH",
+            "/apis/aigc.dev/v1alpha1/storagetiers/extra",
+            &[("Content-Type", "application/strategic-merge-patch+json")],
+            b"{}",
+        )
         .await;
     assert_status(&smp.body, 415, "UnsupportedMediaType");
 }

@@ -86,7 +86,8 @@ impl Harness {
 
     pub async fn install_crds(&self) {
         let yaml = aigc_crds::all_crds_yaml().expect("CRDs render");
-        self.kubectl_stdin_ok(&["apply", "-f", "-"], Some(&yaml)).await;
+        self.kubectl_stdin_ok(&["apply", "-f", "-"], Some(&yaml))
+            .await;
     }
 
     /// One HTTP/1.1 request over the plain loopback port.
@@ -97,7 +98,11 @@ impl Harness {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
-        let address = self.cluster.http_url().trim_start_matches("http://").to_owned();
+        let address = self
+            .cluster
+            .http_url()
+            .trim_start_matches("http://")
+            .to_owned();
         let mut stream = tokio::net::TcpStream::connect(&address)
             .await
             .expect("connecting to the plain HTTP port");
@@ -113,7 +118,10 @@ impl Harness {
         // The server may answer (413) before reading a large body; a broken pipe is fine then.
         let _ = stream.write_all(body).await;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("reading the response");
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .expect("reading the response");
         let text = String::from_utf8_lossy(&raw);
         let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
         let status = head

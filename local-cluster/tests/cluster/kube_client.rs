@@ -41,33 +41,60 @@ async fn install_crds(h: &Harness) {
 async fn api_create_list_patch_apply_and_conflicts() {
     let h = Harness::start().await;
     let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
-    let created = api.create(&PostParams::default(), &config_map("a", "1")).await.unwrap();
+    let created = api
+        .create(&PostParams::default(), &config_map("a", "1"))
+        .await
+        .unwrap();
     assert!(created.metadata.uid.is_some());
-    api.create(&PostParams::default(), &config_map("b", "1")).await.unwrap();
-    let listed = api.list(&ListParams::default().labels("app=test")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("b", "1"))
+        .await
+        .unwrap();
+    let listed = api
+        .list(&ListParams::default().labels("app=test"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 2);
 
     let patched = api
-        .patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"key": "2"}})))
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"key": "2"}})),
+        )
         .await
         .unwrap();
     assert_eq!(patched.data.unwrap()["key"], "2");
 
     let mut stale = created.clone();
     stale.data = Some([("key".to_owned(), "stale".to_owned())].into());
-    let error = api.replace("a", &PostParams::default(), &stale).await.unwrap_err();
-    assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"), "{error:?}");
+    let error = api
+        .replace("a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{error:?}"
+    );
 
     let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"owned": "x"}});
-    api.patch("c", &PatchParams::apply("alice"), &Patch::Apply(&applied)).await.unwrap();
+    api.patch("c", &PatchParams::apply("alice"), &Patch::Apply(&applied))
+        .await
+        .unwrap();
     let rival = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"owned": "y"}});
     let error = api
         .patch("c", &PatchParams::apply("bob"), &Patch::Apply(&rival))
         .await
         .unwrap_err();
-    assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error:?}");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 409),
+        "{error:?}"
+    );
     let forced = api
-        .patch("c", &PatchParams::apply("bob").force(), &Patch::Apply(&rival))
+        .patch(
+            "c",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(&rival),
+        )
         .await
         .unwrap();
     assert_eq!(forced.data.unwrap()["owned"], "y");
@@ -82,14 +109,19 @@ async fn api_create_list_patch_apply_and_conflicts() {
 
     api.delete("a", &DeleteParams::default()).await.unwrap();
     let error = api.get("a").await.unwrap_err();
-    assert!(matches!(error, kube::Error::Api(ref s) if s.code == 404), "{error:?}");
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 404),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
 async fn watcher_recovers_from_410_gone() {
     let h = Harness::start().await;
     let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
-    api.create(&PostParams::default(), &config_map("before", "1")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("before", "1"))
+        .await
+        .unwrap();
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
     let mut inits = 0;
     let mut gone = 0;
@@ -104,12 +136,16 @@ async fn watcher_recovers_from_410_gone() {
             Err(other) => panic!("unexpected watcher error: {other}"),
             Ok(watcher::Event::Init) => inits += 1,
             Ok(watcher::Event::InitDone) if !expired => {
-                api.create(&PostParams::default(), &config_map("during", "1")).await.unwrap();
+                api.create(&PostParams::default(), &config_map("during", "1"))
+                    .await
+                    .unwrap();
             }
             Ok(watcher::Event::Apply(cm)) if cm.name_any() == "during" => {
                 h.cluster.expire_watches();
                 expired = true;
-                api.create(&PostParams::default(), &config_map("after", "1")).await.unwrap();
+                api.create(&PostParams::default(), &config_map("after", "1"))
+                    .await
+                    .unwrap();
             }
             Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))
                 if cm.name_any() == "after" =>
@@ -130,7 +166,9 @@ async fn streaming_list_watcher_gets_initial_events_and_bookmark() {
     let h = Harness::start().await;
     let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
     for name in ["one", "two"] {
-        api.create(&PostParams::default(), &config_map(name, "1")).await.unwrap();
+        api.create(&PostParams::default(), &config_map(name, "1"))
+            .await
+            .unwrap();
     }
     let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
     let mut initial = Vec::new();
@@ -143,7 +181,9 @@ async fn streaming_list_watcher_gets_initial_events_and_bookmark() {
     }
     initial.sort();
     assert_eq!(initial, ["one", "two"]);
-    api.create(&PostParams::default(), &config_map("three", "1")).await.unwrap();
+    api.create(&PostParams::default(), &config_map("three", "1"))
+        .await
+        .unwrap();
     let next = events.try_next().await.unwrap();
     assert!(matches!(next, Some(watcher::Event::Apply(ref cm)) if cm.name_any() == "three"));
 }
@@ -188,7 +228,13 @@ async fn controller_reconciles_a_custom_resource_into_a_config_map() {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let controller = Controller::new(tiers.clone(), watcher::Config::default())
         .owns(config_maps.clone(), watcher::Config::default())
-        .run(reconcile, error_policy, Arc::new(Context { client: client.clone() }))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context {
+                client: client.clone(),
+            }),
+        )
         .for_each(|_| async {});
     let controller = tokio::spawn(controller);
 
@@ -212,8 +258,12 @@ async fn controller_reconciles_a_custom_resource_into_a_config_map() {
 
     tiers.delete("hot", &DeleteParams::default()).await.unwrap();
     let uid = child.metadata.uid.clone().unwrap();
-    await_condition(config_maps.clone(), "tier-hot", conditions::is_deleted(&uid))
-        .await
-        .unwrap();
+    await_condition(
+        config_maps.clone(),
+        "tier-hot",
+        conditions::is_deleted(&uid),
+    )
+    .await
+    .unwrap();
     controller.abort();
 }
