@@ -184,7 +184,7 @@ async fn respond(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) 
     response
 }
 
-fn header<'a>(req: &'a Request<Incoming>, name: hyper::header::HeaderName) -> Option<&'a str> {
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -50,6 +50,9 @@ pub struct Change {
     pub previous: Option<Arc<Value>>,
 }
 
+/// Changes to replay and a receiver for the ones that follow.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// Why a watch cannot start from the requested resourceVersion.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooOld {
@@ -219,10 +222,7 @@ impl Store {
 
     /// Subscribe to changes after `since`: the changes already made, then a live receiver.
     /// Fails when `since` is older than the retained history.
-    pub fn watch_from(
-        &self,
-        since: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>), TooOld> {
+    pub fn watch_from(&self, since: u64) -> Result<Subscription, TooOld> {
         if since < self.compacted {
             return Err(TooOld {
                 oldest: self.compacted + 1,

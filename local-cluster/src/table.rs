@@ -213,7 +213,7 @@ pub fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
                     .iter()
                     .find(|item| match item.get(field.trim()) {
                         Some(Value::String(s)) => s == wanted,
-                        Some(other) => other.to_string() == wanted,
+                        Some(other) => serde_json::to_string(other).is_ok_and(|s| s == wanted),
                         None => false,
                     })?;
             } else {

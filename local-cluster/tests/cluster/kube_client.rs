@@ -198,7 +198,7 @@ struct ReconcileError(#[from] kube::Error);
 
 async fn reconcile(tier: Arc<StorageTier>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let owner = tier.controller_owner_ref(&()).expect("tiers have uids");
-    let class = serde_json::to_value(&tier.spec.class).unwrap_or_default();
+    let class = serde_json::to_value(tier.spec.class).unwrap_or_default();
     let desired = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": format!("tier-{}", tier.name_any()), "ownerReferences": [owner]},
