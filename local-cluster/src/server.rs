@@ -144,6 +144,41 @@ fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<Body
     response
 }
 
+fn json_bytes_response(body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A list response serialized straight from the stored objects, without copying them.
+fn list_json(resource: &Resource, metadata: &Value, items: &[Arc<Value>]) -> Vec<u8> {
+    let api_version = resource.api_version();
+    let mut out = Vec::with_capacity(256 + items.len() * 1024);
+    out.extend_from_slice(b"{\"kind\":");
+    out.extend_from_slice(json!(resource.list_kind).to_string().as_bytes());
+    out.extend_from_slice(b",\"apiVersion\":");
+    out.extend_from_slice(json!(api_version).to_string().as_bytes());
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(metadata.to_string().as_bytes());
+    out.extend_from_slice(b",\"items\":[");
+    for (i, object) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let written = if object["apiVersion"].as_str() == Some(api_version.as_str()) {
+            serde_json::to_writer(&mut out, object.as_ref())
+        } else {
+            serde_json::to_writer(&mut out, &crate::api::present(resource, object))
+        };
+        // Serializing a Value into memory cannot fail.
+        debug_assert!(written.is_ok());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 fn error_response(error: &ApiError) -> Response<Body> {
     json_response(error.code, &error.to_status(), &[])
 }
@@ -633,19 +668,19 @@ impl Call {
                     .collect();
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items})
             }
-            _ => {
-                let api_version = self.resource.api_version();
+            Representation::Json => {
+                return Ok(json_bytes_response(list_json(
+                    &self.resource,
+                    &metadata,
+                    &items,
+                )));
+            }
+            Representation::Yaml => {
                 let items: Vec<Value> = items
                     .iter()
-                    .map(|o| {
-                        if o["apiVersion"].as_str() == Some(api_version.as_str()) {
-                            (**o).clone()
-                        } else {
-                            crate::api::present(&self.resource, o)
-                        }
-                    })
+                    .map(|o| crate::api::present(&self.resource, o))
                     .collect();
-                json!({"kind": self.resource.list_kind, "apiVersion": api_version, "metadata": metadata, "items": items})
+                json!({"kind": self.resource.list_kind, "apiVersion": self.resource.api_version(), "metadata": metadata, "items": items})
             }
         };
         Ok(render(200, &body, self.representation, &[]))

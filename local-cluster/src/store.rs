@@ -48,6 +48,16 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the write, for selector transitions.
     pub previous: Option<Arc<Value>>,
+    /// `object` serialized once, shared by every watcher that sends it unchanged.
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Change {
+    /// The object as JSON bytes, serialized on first use.
+    pub fn encoded(&self) -> &bytes::Bytes {
+        self.encoded
+            .get_or_init(|| bytes::Bytes::from(self.object.to_string()))
+    }
 }
 
 /// Changes to replay and a receiver for the ones that follow.
@@ -178,6 +188,7 @@ impl Store {
             kind,
             object: object.clone(),
             previous,
+            encoded: std::sync::OnceLock::new(),
         });
         object
     }
@@ -203,6 +214,7 @@ impl Store {
             kind: ChangeKind::Deleted,
             object: last.clone(),
             previous: Some(previous),
+            encoded: std::sync::OnceLock::new(),
         });
         Some(last)
     }

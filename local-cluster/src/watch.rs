@@ -90,6 +90,17 @@ fn line(event_type: &str, object: &Value) -> Bytes {
     Bytes::from(text)
 }
 
+/// An event line around an already serialized object.
+fn encoded_line(event_type: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(event_type.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 impl State {
     fn event(&mut self, event_type: &str, object: &Value) -> Bytes {
         let object = present(&self.spec.resource, object);
@@ -150,7 +161,13 @@ impl State {
             ChangeKind::Deleted => (before_matched || now_matches).then_some("DELETED"),
         };
         if let Some(event_type) = event_type {
-            let event = self.event(event_type, &change.object);
+            let same_version = change.object["apiVersion"].as_str()
+                == Some(self.spec.resource.api_version().as_str());
+            let event = if self.spec.table.is_none() && same_version {
+                encoded_line(event_type, change.encoded())
+            } else {
+                self.event(event_type, &change.object)
+            };
             self.pending.push_back(event);
         }
     }
