@@ -5,3 +5,4 @@ mod bad_input;
 mod harness;
 mod kube_client;
 mod kubectl;
+mod request_path;
