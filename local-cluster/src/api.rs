@@ -760,7 +760,6 @@ impl Cluster {
         };
         if let Some(extra) = extra
             && !finalizers.iter().any(|f| f == extra)
-            && (!is_deleting(&object) || !finalizers.is_empty())
         {
             finalizers.push(extra.to_owned());
         }
