@@ -1,7 +1,327 @@
 //! An embedded Kubernetes API server for local use and end-to-end tests.
 //!
 //! It is held to the behaviour of the real API server as seen by real clients (kubectl,
-//! kube-rs, Helm). Today it provides CRD schema enforcement ([`schema`]); the server, storage
-//! and watch follow. It depends on no other crate of this workspace.
+//! kube-rs, Helm): [`LocalCluster::start`] serves the REST API over HTTPS (a fresh self-signed
+//! CA, written into a kubeconfig) and plain HTTP on loopback, with discovery, OpenAPI for
+//! custom resources, watches, patches, server-side apply, finalizers and garbage collection,
+//! and CRD schema enforcement ([`schema`]). It depends on no other crate of this workspace.
 
+pub mod api;
+pub mod crd;
+pub mod discovery;
+pub mod gc;
+pub mod managed;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod request;
+pub mod resources;
 pub mod schema;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod table;
+pub mod tls;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{Cluster, FieldValidation, WriteOptions};
+use crate::server::{Settings, Shared};
+
+/// Errors starting or stopping the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address tried.
+        address: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Certificates could not be generated or loaded.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A file in the data directory could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The saved state in the data directory is not readable.
+    #[error("{path}: saved cluster state is not valid: {message}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The kube client could not be built from the written kubeconfig.
+    #[error("building a client for the local cluster: {0}")]
+    Client(String),
+}
+
+/// How to start a [`LocalCluster`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory for the kubeconfig (and the saved state when `persist` is set).
+    pub data_dir: PathBuf,
+    /// HTTPS port on 127.0.0.1; 0 picks a free one.
+    pub https_port: u16,
+    /// Plain HTTP port on 127.0.0.1; 0 picks a free one.
+    pub http_port: u16,
+    /// Save all objects to `data_dir/state.json` on shutdown and load them on start.
+    pub persist: bool,
+    /// How many changes watches can resume from before they get `410 Gone`.
+    pub watch_history: usize,
+    /// How often bookmarks are sent on watches that allow them.
+    pub bookmark_interval: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// In-memory defaults with ephemeral ports, the kubeconfig in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            https_port: 0,
+            http_port: 0,
+            persist: false,
+            watch_history: 100_000,
+            bookmark_interval: Duration::from_secs(15),
+            max_body_bytes: 3 * 1024 * 1024,
+        }
+    }
+}
+
+/// A running embedded API server. Dropping it without [`LocalCluster::shutdown`] stops the
+/// listeners when the runtime ends, without saving state.
+pub struct LocalCluster {
+    shared: Arc<Shared>,
+    https_addr: SocketAddr,
+    http_addr: SocketAddr,
+    kubeconfig_path: PathBuf,
+    client: kube::Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    state_path: Option<PathBuf>,
+}
+
+const STATE_FILE: &str = "state.json";
+const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn bind(port: u16) -> Result<TcpListener, Error> {
+    let address = format!("127.0.0.1:{port}");
+    TcpListener::bind(&address)
+        .await
+        .map_err(|source| Error::Bind { address, source })
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<(), Error> {
+    std::fs::write(path, contents).map_err(|source| Error::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The kubeconfig for a server at `https_addr` trusting `ca_pem`.
+fn kubeconfig(https_addr: SocketAddr, ca_pem: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "aigc-local", "cluster": {
+            "server": format!("https://{https_addr}"),
+            "certificate-authority-data": ca,
+        }}],
+        "users": [{"name": "aigc-local-admin", "user": {"token": "aigc-local-admin"}}],
+        "contexts": [{"name": "aigc-local", "context": {
+            "cluster": "aigc-local", "user": "aigc-local-admin", "namespace": "default"}}],
+        "current-context": "aigc-local",
+        "preferences": {},
+    });
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+fn restore(cluster: &mut Cluster, path: &Path) -> Result<(), Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::File {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let invalid = |message: String| Error::State {
+        path: path.to_owned(),
+        message,
+    };
+    let saved: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let mut objects = Vec::new();
+    for entry in saved {
+        let key = resources::ResourceKey {
+            group: entry["group"].as_str().unwrap_or("").to_owned(),
+            plural: entry["resource"].as_str().unwrap_or("").to_owned(),
+        };
+        let object = entry["object"].clone();
+        if key.plural == "customresourcedefinitions" {
+            cluster
+                .registry
+                .register_crd(&object)
+                .map_err(|e| invalid(e.message))?;
+        }
+        objects.push((key, object));
+    }
+    cluster.store.restore(objects);
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Start serving: generate certificates, bind both listeners, write the kubeconfig and
+    /// build a client.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::File {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let certs = tls::ServingCerts::generate()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
+        let https = bind(config.https_port).await?;
+        let http = bind(config.http_port).await?;
+        let https_addr = https.local_addr().map_err(|source| Error::Bind {
+            address: "https listener".into(),
+            source,
+        })?;
+        let http_addr = http.local_addr().map_err(|source| Error::Bind {
+            address: "http listener".into(),
+            source,
+        })?;
+
+        let mut cluster = Cluster::new(config.watch_history);
+        let state_path = config.persist.then(|| config.data_dir.join(STATE_FILE));
+        if let Some(path) = &state_path {
+            restore(&mut cluster, path)?;
+        }
+        let system = WriteOptions {
+            dry_run: false,
+            field_manager: "aigc-local-cluster".into(),
+            validation: FieldValidation::Strict,
+            apply: false,
+        };
+        if let Some(namespaces) = cluster.registry.get("", "v1", "namespaces") {
+            for name in DEFAULT_NAMESPACES {
+                if cluster.get(&namespaces, "", name).is_err() {
+                    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                    cluster
+                        .create(&namespaces, "", body, &system)
+                        .map_err(|e| Error::Client(e.message))?;
+                }
+            }
+        }
+        let shared = Shared::new(
+            cluster,
+            Settings {
+                max_body_bytes: config.max_body_bytes,
+                bookmark_interval: config.bookmark_interval,
+                advertised_address: https_addr.to_string(),
+            },
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(server::serve(
+                https,
+                Some(acceptor),
+                shared.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(server::serve(http, None, shared.clone(), stopped)),
+        ];
+
+        let kubeconfig_path = config.data_dir.join("kubeconfig");
+        write_file(&kubeconfig_path, &kubeconfig(https_addr, &certs.ca_pem))?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
+            .map_err(|e| Error::Client(e.to_string()))?;
+        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| Error::Client(e.to_string()))?;
+        let client =
+            kube::Client::try_from(client_config).map_err(|e| Error::Client(e.to_string()))?;
+        Ok(Self {
+            shared,
+            https_addr,
+            http_addr,
+            kubeconfig_path,
+            client,
+            stop,
+            tasks,
+            state_path,
+        })
+    }
+
+    /// The kubeconfig file clients can use (HTTPS, trusting the cluster's CA).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// A kube client for the HTTPS endpoint.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.https_addr)
+    }
+
+    /// `http://127.0.0.1:PORT` (plain HTTP, loopback only).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// End open watches with `410 Expired` and drop the change history (as after an API
+    /// server restart), so watchers must re-list.
+    pub fn expire_watches(&self) {
+        self.shared.expire_watches();
+    }
+
+    /// Number of stored objects.
+    pub fn object_count(&self) -> usize {
+        self.shared.lock().store.len()
+    }
+
+    /// Stop serving and, when persistence is on, save every object.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        if let Some(path) = &self.state_path {
+            let saved: Vec<serde_json::Value> = self
+                .shared
+                .lock()
+                .store
+                .snapshot()
+                .into_iter()
+                .map(|(key, object)| json!({"group": key.group, "resource": key.plural, "object": *object}))
+                .collect();
+            write_file(path, &serde_json::Value::Array(saved).to_string())?;
+        }
+        Ok(())
+    }
+}

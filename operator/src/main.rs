@@ -1,5 +1,5 @@
-//! `aigc-operator`: the operator binary. `run` runs the controllers against the cluster of
-//! the current kubeconfig; `crds` prints the CustomResourceDefinitions.
+//! `aigc-operator`: the operator binary. `run` runs the controllers against a cluster,
+//! `local up` runs the embedded cluster on this machine, `crds` and `rbac` print manifests.
 
 use std::path::PathBuf;
 
@@ -49,6 +49,28 @@ enum Command {
         /// charts/aigc-operator/files) instead of printing.
         #[arg(long, value_name = "DIR")]
         write_dir: Option<PathBuf>,
+    },
+    /// Run everything on this machine.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Start the embedded cluster in the foreground (Ctrl-C or SIGTERM stops it), write
+    /// DIR/kubeconfig once it answers, and install the CRDs.
+    Up {
+        /// Where the kubeconfig and the saved cluster state live.
+        #[arg(long, value_name = "DIR", default_value = ".aigc")]
+        data_dir: PathBuf,
+        /// HTTPS port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Keep nothing between runs instead of saving objects to DIR/state.json.
+        #[arg(long)]
+        ephemeral: bool,
     },
 }
 
@@ -110,6 +132,65 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
+        Command::Local {
+            command:
+                LocalCommand::Up {
+                    data_dir,
+                    port,
+                    ephemeral,
+                },
+        } => local_up(data_dir, port, !ephemeral).await?,
+    }
+    Ok(())
+}
+
+/// `local up`: serve until Ctrl-C or SIGTERM, then stop cleanly (saving state if asked).
+async fn local_up(data_dir: PathBuf, port: u16, persist: bool) -> anyhow::Result<()> {
+    {
+        let mut config = aigc_local_cluster::Config::new(&data_dir);
+        config.https_port = port;
+        config.persist = persist;
+        let cluster = aigc_local_cluster::LocalCluster::start(config)
+            .await
+            .with_context(|| format!("starting the local cluster in {}", data_dir.display()))?;
+        let client = cluster.client();
+        client
+            .apiserver_version()
+            .await
+            .context("the local cluster does not answer")?;
+        install_crds(client).await?;
+        eprintln!(
+            "local cluster ready at {} (plain HTTP: {}); kubeconfig: {}",
+            cluster.https_url(),
+            cluster.http_url(),
+            cluster.kubeconfig_path().display()
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+            _ = terminate.recv() => {}
+        }
+        eprintln!("stopping the local cluster");
+        cluster
+            .shutdown()
+            .await
+            .context("stopping the local cluster")
+    }
+}
+
+/// Server-side apply the five CRDs, so a restart with saved state updates them in place.
+async fn install_crds(client: kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let params = PatchParams::apply("aigc-operator").force();
+    for crd in aigc_crds::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
     }
     Ok(())
 }

@@ -1,0 +1,335 @@
+//! In-memory object storage with one global resourceVersion counter and a bounded history of
+//! changes for watches. It stores what it is given: defaulting, validation and API semantics
+//! live in [`crate::api`], never here.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::resources::ResourceKey;
+
+/// Namespace (empty for cluster-scoped objects) and name.
+pub type ObjectKey = (String, String);
+
+/// What happened to an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Removed from storage.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// The watch event `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "ADDED",
+            ChangeKind::Modified => "MODIFIED",
+            ChangeKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One write, as watches see it.
+#[derive(Debug)]
+pub struct Change {
+    /// The resourceVersion the write produced.
+    pub revision: u64,
+    /// The resource written.
+    pub resource: ResourceKey,
+    /// Added, modified or deleted.
+    pub kind: ChangeKind,
+    /// The object after the write (for deletes, the last state with the new resourceVersion).
+    pub object: Arc<Value>,
+    /// The object before the write, for selector transitions.
+    pub previous: Option<Arc<Value>>,
+    /// `object` serialized once, shared by every watcher that sends it unchanged.
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Change {
+    /// The object as JSON bytes, serialized on first use.
+    pub fn encoded(&self) -> &bytes::Bytes {
+        self.encoded
+            .get_or_init(|| bytes::Bytes::from(self.object.to_string()))
+    }
+}
+
+/// Changes to replay and a receiver for the ones that follow.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
+/// Why a watch cannot start from the requested resourceVersion.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooOld {
+    /// The oldest resourceVersion still replayable.
+    pub oldest: u64,
+}
+
+/// All objects of all resources, plus the change history.
+pub struct Store {
+    tables: HashMap<ResourceKey, BTreeMap<ObjectKey, Arc<Value>>>,
+    revision: u64,
+    history: VecDeque<Arc<Change>>,
+    history_limit: usize,
+    /// Revision of the oldest change dropped from history (0 if none was dropped).
+    compacted: u64,
+    changes: broadcast::Sender<Arc<Change>>,
+}
+
+/// The namespace/name key of an object.
+pub fn object_key(object: &Value) -> ObjectKey {
+    let meta = &object["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("").to_owned(),
+        meta["name"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+impl Store {
+    /// An empty store that keeps the last `history_limit` changes for watch resumption.
+    pub fn new(history_limit: usize) -> Self {
+        let (changes, _) = broadcast::channel(history_limit.clamp(1024, 65536));
+        Self {
+            tables: HashMap::new(),
+            revision: 1,
+            history: VecDeque::new(),
+            history_limit: history_limit.max(1),
+            compacted: 0,
+            changes,
+        }
+    }
+
+    /// The latest resourceVersion.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// One object.
+    pub fn get(&self, resource: &ResourceKey, namespace: &str, name: &str) -> Option<Arc<Value>> {
+        self.tables
+            .get(resource)?
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Objects of a resource, in key order, optionally in one namespace, starting after `after`.
+    pub fn list<'a>(
+        &'a self,
+        resource: &ResourceKey,
+        namespace: Option<&'a str>,
+        after: Option<&'a ObjectKey>,
+    ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        self.tables
+            .get(resource)
+            .into_iter()
+            .flat_map(move |table| table.range((lower.clone(), Bound::Unbounded)))
+            .filter(move |((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, object)| object)
+    }
+
+    /// Every resource that has objects.
+    pub fn resources(&self) -> Vec<ResourceKey> {
+        self.tables
+            .iter()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn stamp(object: &mut Value, revision: u64) {
+        object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+    }
+
+    fn record(&mut self, change: Change) {
+        let change = Arc::new(change);
+        if self.history.len() == self.history_limit
+            && let Some(dropped) = self.history.pop_front()
+        {
+            self.compacted = dropped.revision;
+        }
+        self.history.push_back(change.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(change);
+    }
+
+    /// Store a new object or replace an existing one, assigning the next resourceVersion.
+    pub fn put(&mut self, resource: &ResourceKey, mut object: Value) -> Arc<Value> {
+        let revision = self.next_revision();
+        Self::stamp(&mut object, revision);
+        let object = Arc::new(object);
+        let previous = self
+            .tables
+            .entry(resource.clone())
+            .or_default()
+            .insert(object_key(&object), object.clone());
+        let kind = if previous.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        self.record(Change {
+            revision,
+            resource: resource.clone(),
+            kind,
+            object: object.clone(),
+            previous,
+            encoded: std::sync::OnceLock::new(),
+        });
+        object
+    }
+
+    /// Remove an object; the returned final state carries the deletion's resourceVersion.
+    pub fn remove(
+        &mut self,
+        resource: &ResourceKey,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
+        let previous = self
+            .tables
+            .get_mut(resource)?
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
+        let revision = self.next_revision();
+        let mut last = (*previous).clone();
+        Self::stamp(&mut last, revision);
+        let last = Arc::new(last);
+        self.record(Change {
+            revision,
+            resource: resource.clone(),
+            kind: ChangeKind::Deleted,
+            object: last.clone(),
+            previous: Some(previous),
+            encoded: std::sync::OnceLock::new(),
+        });
+        Some(last)
+    }
+
+    /// Remove every object of a resource (its CRD was deleted), without watch events per object.
+    pub fn drop_resource(&mut self, resource: &ResourceKey) -> Vec<Arc<Value>> {
+        let objects: Vec<ObjectKey> = self
+            .tables
+            .get(resource)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        objects
+            .iter()
+            .filter_map(|(ns, name)| self.remove(resource, ns, name))
+            .collect()
+    }
+
+    /// Subscribe to changes after `since`: the changes already made, then a live receiver.
+    /// Fails when `since` is older than the retained history.
+    pub fn watch_from(&self, since: u64) -> Result<Subscription, TooOld> {
+        if since < self.compacted {
+            return Err(TooOld {
+                oldest: self.compacted + 1,
+            });
+        }
+        let replay = self
+            .history
+            .iter()
+            .filter(|c| c.revision > since)
+            .cloned()
+            .collect();
+        Ok((replay, self.changes.subscribe()))
+    }
+
+    /// Forget the whole change history, as an API server does when compacting: watches that
+    /// resume from an earlier resourceVersion get `410 Gone`.
+    pub fn compact(&mut self) {
+        self.compacted = self.revision;
+        self.history.clear();
+    }
+
+    /// Number of stored objects.
+    pub fn len(&self) -> usize {
+        self.tables.values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All objects, for persistence.
+    pub fn snapshot(&self) -> Vec<(ResourceKey, Arc<Value>)> {
+        self.tables
+            .iter()
+            .flat_map(|(k, t)| t.values().map(move |o| (k.clone(), o.clone())))
+            .collect()
+    }
+
+    /// Restore objects saved by [`Store::snapshot`], keeping their resourceVersions.
+    pub fn restore(&mut self, objects: Vec<(ResourceKey, Value)>) {
+        for (resource, object) in objects {
+            let revision = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            self.revision = self.revision.max(revision);
+            self.tables
+                .entry(resource)
+                .or_default()
+                .insert(object_key(&object), Arc::new(object));
+        }
+        self.compacted = self.revision;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> ResourceKey {
+        ResourceKey {
+            group: String::new(),
+            plural: "configmaps".to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_write_takes_the_next_resource_version() {
+        let mut store = Store::new(10);
+        let a = store.put(&key(), json!({"metadata": {"name": "a", "namespace": "n"}}));
+        let b = store.put(&key(), json!({"metadata": {"name": "b", "namespace": "n"}}));
+        assert_eq!(a["metadata"]["resourceVersion"], "2");
+        assert_eq!(b["metadata"]["resourceVersion"], "3");
+        let gone = store.remove(&key(), "n", "a").unwrap();
+        assert_eq!(gone["metadata"]["resourceVersion"], "4");
+        assert_eq!(store.list(&key(), Some("n"), None).count(), 1);
+    }
+
+    #[test]
+    fn watches_older_than_history_are_refused() {
+        let mut store = Store::new(2);
+        for name in ["a", "b", "c", "d"] {
+            store.put(
+                &key(),
+                json!({"metadata": {"name": name, "namespace": "n"}}),
+            );
+        }
+        assert!(store.watch_from(1).is_err());
+        let (replay, _) = store.watch_from(3).unwrap();
+        let names: Vec<&str> = replay
+            .iter()
+            .map(|c| c.object["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["c", "d"]);
+    }
+}

@@ -1,0 +1,269 @@
+//! kube-rs against the embedded cluster: typed Api calls, server-side apply, watchers through
+//! a `410 Gone`, streaming lists, and a Controller that reconciles a custom resource.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aigc_crds::StorageTier;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{conditions, wait::await_condition, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::harness::Harness;
+
+fn config_map(name: &str, value: &str) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "test"}},
+        "data": {"key": value},
+    }))
+    .unwrap()
+}
+
+async fn install_crds(h: &Harness) {
+    let crds: Api<CustomResourceDefinition> = Api::all(h.cluster.client());
+    for crd in aigc_crds::all_crds() {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn api_create_list_patch_apply_and_conflicts() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    let created = api
+        .create(&PostParams::default(), &config_map("a", "1"))
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    api.create(&PostParams::default(), &config_map("b", "1"))
+        .await
+        .unwrap();
+    let listed = api
+        .list(&ListParams::default().labels("app=test"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+
+    let patched = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"key": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["key"], "2");
+
+    let mut stale = created.clone();
+    stale.data = Some([("key".to_owned(), "stale".to_owned())].into());
+    let error = api
+        .replace("a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{error:?}"
+    );
+
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"owned": "x"}});
+    api.patch("c", &PatchParams::apply("alice"), &Patch::Apply(&applied))
+        .await
+        .unwrap();
+    let rival = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"owned": "y"}});
+    let error = api
+        .patch("c", &PatchParams::apply("bob"), &Patch::Apply(&rival))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 409),
+        "{error:?}"
+    );
+    let forced = api
+        .patch(
+            "c",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(&rival),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["owned"], "y");
+    let managers: Vec<String> = forced
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["bob"]);
+
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let error = api.get("a").await.unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 404),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn watcher_recovers_from_410_gone() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    api.create(&PostParams::default(), &config_map("before", "1"))
+        .await
+        .unwrap();
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut inits = 0;
+    let mut gone = 0;
+    let mut seen_after = false;
+    let mut expired = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Err(watcher::Error::WatchError(status)) => {
+                assert_eq!(status.code, 410, "{status:?}");
+                gone += 1;
+            }
+            Err(other) => panic!("unexpected watcher error: {other}"),
+            Ok(watcher::Event::Init) => inits += 1,
+            Ok(watcher::Event::InitDone) if !expired => {
+                api.create(&PostParams::default(), &config_map("during", "1"))
+                    .await
+                    .unwrap();
+            }
+            Ok(watcher::Event::Apply(cm)) if cm.name_any() == "during" => {
+                h.cluster.expire_watches();
+                expired = true;
+                api.create(&PostParams::default(), &config_map("after", "1"))
+                    .await
+                    .unwrap();
+            }
+            Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))
+                if cm.name_any() == "after" =>
+            {
+                seen_after = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert_eq!(gone, 1, "the watch ended with 410 Gone");
+    assert!(seen_after);
+    assert_eq!(inits, 2, "the 410 made the watcher list again");
+}
+
+#[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_and_bookmark() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    for name in ["one", "two"] {
+        api.create(&PostParams::default(), &config_map(name, "1"))
+            .await
+            .unwrap();
+    }
+    let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut initial = Vec::new();
+    while let Some(event) = events.try_next().await.unwrap() {
+        match event {
+            watcher::Event::InitApply(cm) => initial.push(cm.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    initial.sort();
+    assert_eq!(initial, ["one", "two"]);
+    api.create(&PostParams::default(), &config_map("three", "1"))
+        .await
+        .unwrap();
+    let next = events.try_next().await.unwrap();
+    assert!(matches!(next, Some(watcher::Event::Apply(ref cm)) if cm.name_any() == "three"));
+}
+
+struct Context {
+    client: kube::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct ReconcileError(#[from] kube::Error);
+
+async fn reconcile(tier: Arc<StorageTier>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let owner = tier.controller_owner_ref(&()).expect("tiers have uids");
+    let class = serde_json::to_value(tier.spec.class).unwrap_or_default();
+    let desired = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("tier-{}", tier.name_any()), "ownerReferences": [owner]},
+        "data": {"class": class},
+    });
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), "default");
+    config_maps
+        .patch(
+            &format!("tier-{}", tier.name_any()),
+            &PatchParams::apply("tier-controller").force(),
+            &Patch::Apply(&desired),
+        )
+        .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+fn error_policy(_: Arc<StorageTier>, _: &ReconcileError, _: Arc<Context>) -> Action {
+    Action::requeue(Duration::from_secs(1))
+}
+
+#[tokio::test]
+async fn controller_reconciles_a_custom_resource_into_a_config_map() {
+    let h = Harness::start().await;
+    install_crds(&h).await;
+    let client = h.cluster.client();
+    let tiers: Api<StorageTier> = Api::all(client.clone());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let controller = Controller::new(tiers.clone(), watcher::Config::default())
+        .owns(config_maps.clone(), watcher::Config::default())
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context {
+                client: client.clone(),
+            }),
+        )
+        .for_each(|_| async {});
+    let controller = tokio::spawn(controller);
+
+    let tier: StorageTier = serde_json::from_value(json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "hot"},
+        "spec": {"class": "hot", "backend": {"filesystem": {"path": "/data/hot"}}},
+    }))
+    .unwrap();
+    let created = tiers.create(&PostParams::default(), &tier).await.unwrap();
+    let has_class = |cm: Option<&ConfigMap>| {
+        cm.and_then(|cm| cm.data.as_ref())
+            .is_some_and(|d| d.get("class").map(String::as_str) == Some("hot"))
+    };
+    let child = await_condition(config_maps.clone(), "tier-hot", has_class)
+        .await
+        .unwrap()
+        .unwrap();
+    let owner = &child.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(Some(&owner.uid), created.meta().uid.as_ref());
+
+    tiers.delete("hot", &DeleteParams::default()).await.unwrap();
+    let uid = child.metadata.uid.clone().unwrap();
+    await_condition(
+        config_maps.clone(),
+        "tier-hot",
+        conditions::is_deleted(&uid),
+    )
+    .await
+    .unwrap();
+    controller.abort();
+}
