@@ -1,0 +1,203 @@
+//! Model loading: detects a model's format and architecture from its files and hands back
+//! one of a small set of capabilities (text generation, embeddings). A new architecture
+//! plugs in by implementing one of the traits and adding an arm to [`load`].
+
+pub mod bert;
+pub mod llama;
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use crate::error::WorkerError;
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
+
+/// A causal language model that produces logits one step at a time.
+pub trait TextGenerator: Send {
+    /// The longest sequence (prompt plus output) the model attends over.
+    fn context_length(&self) -> usize;
+    fn tokenizer(&self) -> &TextTokenizer;
+    /// How chat requests become prompts for this model.
+    fn chat_template(&self) -> ChatTemplate;
+    /// Forgets the previous sequence so the next call starts at position 0.
+    fn reset(&mut self);
+    /// Feeds `tokens` at positions `start..start + tokens.len()` and returns the logits
+    /// of the token after the last one.
+    fn next_logits(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, WorkerError>;
+}
+
+/// A sentence-embedding model.
+pub trait Embedder: Send + Sync {
+    /// Longest input in tokens; longer inputs are refused, not truncated.
+    fn max_tokens(&self) -> usize;
+    fn dimensions(&self) -> usize;
+    /// Token ids of one input, including any special tokens the model adds.
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, WorkerError>;
+    /// One L2-normalised vector per tokenized input, in input order.
+    fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, WorkerError>;
+}
+
+/// What a loaded model can do.
+pub enum Capability {
+    Generation(Box<dyn TextGenerator>),
+    Embedding(Arc<dyn Embedder>),
+}
+
+/// A loaded model and what `/v1/models` says about it.
+pub struct LoadedModel {
+    pub architecture: &'static str,
+    pub format: ModelFormat,
+    pub capability: Capability,
+}
+
+/// How a model's weights are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// One GGUF file (weights, hyper-parameters and tokenizer in its metadata).
+    Gguf(PathBuf),
+    /// A directory with `config.json`, `*.safetensors` and usually `tokenizer.json`.
+    Safetensors { dir: PathBuf },
+}
+
+impl ModelFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Gguf(_) => "gguf",
+            Self::Safetensors { .. } => "safetensors",
+        }
+    }
+
+    /// Detects the format of `path`: a GGUF file (by its magic bytes), a directory holding
+    /// one GGUF file or `config.json`, or a `.safetensors` file next to `config.json`.
+    pub fn detect(path: &Path) -> Result<Self, WorkerError> {
+        let format_error = |reason: &str| WorkerError::ModelFormat {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let metadata = std::fs::metadata(path).map_err(|e| WorkerError::io(path, e))?;
+        if metadata.is_file() {
+            if has_gguf_magic(path)? {
+                return Ok(Self::Gguf(path.to_path_buf()));
+            }
+            let dir = path.parent().unwrap_or(Path::new("."));
+            if path.extension().is_some_and(|e| e == "safetensors")
+                && dir.join("config.json").is_file()
+            {
+                return Ok(Self::Safetensors {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            return Err(format_error(
+                "is neither a GGUF file nor a .safetensors file next to config.json",
+            ));
+        }
+        if path.join("config.json").is_file() {
+            return Ok(Self::Safetensors {
+                dir: path.to_path_buf(),
+            });
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| WorkerError::io(path, e))?;
+        let mut ggufs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| WorkerError::io(path, e))?;
+            let file = entry.path();
+            if file.is_file() && has_gguf_magic(&file)? {
+                ggufs.push(file);
+            }
+        }
+        match ggufs.len() {
+            1 => Ok(Self::Gguf(ggufs.remove(0))),
+            0 => Err(format_error(
+                "directory has neither config.json (safetensors model) nor a GGUF file",
+            )),
+            n => Err(format_error(&format!(
+                "directory holds {n} GGUF files; pass the one to serve"
+            ))),
+        }
+    }
+}
+
+fn has_gguf_magic(path: &Path) -> Result<bool, WorkerError> {
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(|e| WorkerError::io(path, e))?;
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"GGUF"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(WorkerError::io(path, e)),
+    }
+}
+
+/// Loads the model at `path` onto `device`.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, WorkerError> {
+    let format = ModelFormat::detect(path)?;
+    match &format {
+        ModelFormat::Gguf(file) => {
+            let generator = llama::QuantizedLlama::load(file, device)?;
+            Ok(LoadedModel {
+                architecture: llama::ARCHITECTURE,
+                format,
+                capability: Capability::Generation(Box::new(generator)),
+            })
+        }
+        ModelFormat::Safetensors { dir } => {
+            let model_type = config_model_type(dir)?;
+            match model_type.as_str() {
+                "bert" => {
+                    let embedder = bert::BertEmbedder::load(dir, device)?;
+                    Ok(LoadedModel {
+                        architecture: bert::ARCHITECTURE,
+                        format,
+                        capability: Capability::Embedding(Arc::new(embedder)),
+                    })
+                }
+                other => Err(WorkerError::Unsupported(format!(
+                    "config.json model_type `{other}` in {}; supported: bert",
+                    dir.display()
+                ))),
+            }
+        }
+    }
+}
+
+fn config_model_type(dir: &Path) -> Result<String, WorkerError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::io(&path, e))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| WorkerError::ModelFormat {
+            path: path.clone(),
+            reason: format!("not JSON: {e}"),
+        })?;
+    config
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| WorkerError::ModelFormat {
+            path,
+            reason: "has no string field `model_type`".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_names_the_path_when_nothing_matches() {
+        let dir = std::env::temp_dir().join(format!("aigc-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("weights.bin"), b"not a model").unwrap();
+        let error = ModelFormat::detect(&dir.join("weights.bin")).unwrap_err();
+        assert!(error.to_string().contains("weights.bin"), "{error}");
+        let error = ModelFormat::detect(&dir).unwrap_err();
+        assert!(error.to_string().contains("config.json"), "{error}");
+        std::fs::write(dir.join("m.gguf"), b"GGUF\x03\0\0\0").unwrap();
+        assert_eq!(
+            ModelFormat::detect(&dir).unwrap(),
+            ModelFormat::Gguf(dir.join("m.gguf"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

