@@ -33,6 +33,13 @@ struct Running<'a> {
     evicted: bool,
 }
 
+/// Where a gang fits: its device, one node per replica, and whether it borrows quota.
+struct Fit {
+    device: Device,
+    placement: Vec<u32>,
+    borrowing: bool,
+}
+
 enum Failure {
     Quota(QuotaShortfall),
     Nodes(Shortfall),
@@ -239,9 +246,12 @@ impl<'a> Pass<'a> {
                     Ok(placement) => {
                         let (reason, message) =
                             self.admit_message(scheduler, workload, device, &failures, waited);
-                        return self.admit(
-                            index, queue, device, &shape, placement, borrowing, reason, message,
-                        );
+                        let fit = Fit {
+                            device,
+                            placement,
+                            borrowing,
+                        };
+                        return self.admit(index, queue, &shape, fit, reason, message);
                     }
                     Err(shortfall) => Failure::Nodes(shortfall),
                 },
@@ -321,18 +331,20 @@ impl<'a> Pass<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn admit(
         &mut self,
         index: usize,
         queue: usize,
-        device: Device,
         shape: &Shape<'_>,
-        placement: Vec<u32>,
-        borrowing: bool,
+        fit: Fit,
         reason: AdmitReason,
         mut message: String,
     ) {
+        let Fit {
+            device,
+            placement,
+            borrowing,
+        } = fit;
         self.nodes.commit(&placement, shape.per_replica);
         self.quotas
             .charge(queue, shape.per_replica.times(shape.replicas));
@@ -492,16 +504,12 @@ impl<'a> Pass<'a> {
             workload.queue,
             names.join(", ")
         );
-        self.admit(
-            index,
-            queue,
+        let fit = Fit {
             device,
-            &shape,
             placement,
             borrowing,
-            AdmitReason::Preempting,
-            message,
-        );
+        };
+        self.admit(index, queue, &shape, fit, AdmitReason::Preempting, message);
         true
     }
 }
