@@ -36,7 +36,7 @@ class Block(nn.Module):
         att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd) + mask, dim=-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.proj(y)
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+        return x + self.fc2(F.relu(self.fc1(self.ln2(x))))
 
 
 class CharTransformer(nn.Module):
