@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::mlp::architecture_name;
@@ -210,7 +210,7 @@ impl CharTransformer {
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let weights = candle_nn::ops::softmax(&scores.broadcast_add(mask)?, D::Minus1)?;
+        let weights = super::ops::softmax_last_dim(&scores.broadcast_add(mask)?)?;
         let y = weights
             .matmul(&v)?
             .transpose(1, 2)?

@@ -6,6 +6,7 @@
 
 pub mod char_transformer;
 pub mod mlp;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::path::Path;
