@@ -398,3 +398,37 @@ fn bad_inputs_fail_clearly_and_publish_nothing() {
     let err = fail(&options(&tmp.join("absent"), Architecture::Mlp, &out));
     assert!(err.contains("manifest.json"), "{err}");
 }
+
+#[test]
+fn char_transformer_preempted_in_process_resumes_to_identical_weights() {
+    let tmp = TempDir::new("train-char-resume");
+    let data = prepared_corpus(&tmp);
+    let small = |out: &Path| {
+        let mut o = options(&data, Architecture::CharTransformer, out);
+        o.epochs = 2;
+        o.d_model = 32;
+        o.layers = 1;
+        o.heads = 2;
+        o.block_size = 16;
+        o.validation_fraction = 0.1;
+        o
+    };
+    let straight = tmp.join("straight");
+    assert_eq!(train(&small(&straight), &never()).phase, Phase::Succeeded);
+
+    // A stop request (what SIGTERM sets) checkpoints after the current step and publishes nothing.
+    let resumed = tmp.join("resumed");
+    let stopped = train(&small(&resumed), &AtomicBool::new(true));
+    assert_eq!(stopped.phase, Phase::Preempted, "{stopped:?}");
+    assert_eq!((stopped.step, stopped.checkpoint_step), (1, Some(1)));
+    assert!(!resumed.exists());
+    let mut o = small(&resumed);
+    o.resume = true;
+    let done = train(&o, &never());
+    assert_eq!(done.phase, Phase::Succeeded, "{done:?}");
+    assert_eq!(done.resumed_from_step, Some(1));
+    assert_eq!(
+        std::fs::read(resumed.join("model.safetensors")).unwrap(),
+        std::fs::read(straight.join("model.safetensors")).unwrap()
+    );
+}
