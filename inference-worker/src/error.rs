@@ -6,7 +6,9 @@ use std::path::PathBuf;
 /// (which `api::ApiError` reports to the client).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("reading {path}: {source}")]
+    /// Reading or writing a file, or starting a thread or runtime: what was being done and
+    /// the underlying error.
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -36,7 +38,28 @@ pub enum WorkerError {
     },
     #[error("the model worker stopped")]
     WorkerGone,
+    /// A command-line value or configuration that cannot be used.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Input data that cannot be used, with what was wrong and where.
+    #[error("{0}")]
+    InvalidData(String),
+    /// A stored model, dataset or checkpoint that does not match what it claims to be.
+    #[error("{0}")]
+    Corrupt(String),
+    /// A manifest or key check from aigc-storage.
+    #[error(transparent)]
+    Storage(#[from] aigc_storage::Error),
+    /// Training stopped at SIGTERM after writing a checkpoint at this step.
+    #[error("preempted by SIGTERM; checkpoint written at step {step}")]
+    Preempted {
+        /// Last completed optimizer step.
+        step: u64,
+    },
 }
+
+/// Result with this crate's [`WorkerError`].
+pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
 
 impl WorkerError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

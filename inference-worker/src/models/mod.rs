@@ -3,7 +3,15 @@
 //! plugs in by implementing one of the traits and adding an arm to [`load`].
 
 pub mod bert;
+pub mod char_transformer;
 pub mod llama;
+pub mod mlp;
+pub mod ops;
+pub mod trained;
+
+pub use char_transformer::{CharTransformer, CharTransformerConfig};
+pub use mlp::{Mlp, MlpConfig, Prediction};
+pub use trained::*;
 
 use std::fs::File;
 use std::io::Read;

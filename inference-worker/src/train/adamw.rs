@@ -1,0 +1,116 @@
+//! AdamW (decoupled weight decay, bias-corrected moments) with state that checkpoints can save
+//! and restore exactly.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::models::Params;
+use crate::{WorkerError, Result};
+
+/// AdamW hyperparameters.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+}
+
+/// The optimizer: one first and second moment per parameter, and the step count.
+pub struct AdamW {
+    config: AdamWConfig,
+    step: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    /// Zero moments for these parameters.
+    pub fn new(params: &Params, config: AdamWConfig) -> Result<Self> {
+        let zeros = |v: &Var| v.zeros_like();
+        Ok(AdamW {
+            config,
+            step: 0,
+            m: params
+                .vars()
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
+            v: params
+                .vars()
+                .iter()
+                .map(zeros)
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// Steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Update every parameter that has a gradient.
+    pub fn step(&mut self, params: &Params, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        self.step += 1;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for (i, var) in params.vars().iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
+            let theta = var.as_tensor().detach();
+            let next = ((theta * (1.0 - c.lr * c.weight_decay))? - (update * c.lr)?)?;
+            var.set(&next)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+
+    /// Moments keyed `adam.m.<param>` and `adam.v.<param>`.
+    pub fn tensors(&self, params: &Params) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, name) in params.names().iter().enumerate() {
+            out.insert(format!("adam.m.{name}"), self.m[i].clone());
+            out.insert(format!("adam.v.{name}"), self.v[i].clone());
+        }
+        out
+    }
+
+    /// Restore moments saved by [`AdamW::tensors`] and the step count.
+    pub fn restore(
+        &mut self,
+        params: &Params,
+        tensors: &HashMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
+        for (i, name) in params.names().iter().enumerate() {
+            for (slot, kind) in [(&mut self.m[i], "m"), (&mut self.v[i], "v")] {
+                let key = format!("adam.{kind}.{name}");
+                let t = tensors.get(&key).ok_or_else(|| {
+                    WorkerError::Corrupt(format!("the checkpoint has no tensor {key:?}"))
+                })?;
+                if t.dims() != slot.dims() {
+                    return Err(WorkerError::Corrupt(format!(
+                        "checkpoint tensor {key:?} has the wrong shape"
+                    )));
+                }
+                *slot = t.clone();
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
