@@ -387,13 +387,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, false) => request.list(),
         (Method::GET, true) => request.get(),
         (Method::POST, false) => {
-            let yaml = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(&read_body(req, shared.settings.max_body_bytes).await?, yaml)?;
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
+            let body = decode(
+                &read_body(req, shared.settings.max_body_bytes).await?,
+                encoding,
+            )?;
             request.create(body)
         }
         (Method::PUT, true) => {
-            let yaml = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(&read_body(req, shared.settings.max_body_bytes).await?, yaml)?;
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
+            let body = decode(
+                &read_body(req, shared.settings.max_body_bytes).await?,
+                encoding,
+            )?;
             request.update(body)
         }
         (Method::PATCH, true) => {
@@ -410,23 +416,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let body = decode(&bytes, encoding)?;
             request.patch(patch_type, body)
         }
-        (Method::DELETE, true) => {
+        (Method::DELETE, item) => {
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
             let bytes = read_body(req, shared.settings.max_body_bytes).await?;
             let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
             } else {
-                decode(&bytes, Encoding::Json)?
+                decode(&bytes, encoding)?
             };
-            request.delete(&body)
-        }
-        (Method::DELETE, false) => {
-            let bytes = read_body(req, shared.settings.max_body_bytes).await?;
-            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
+            if item {
+                request.delete(&body)
             } else {
-                decode(&bytes, Encoding::Json)?
-            };
-            request.delete_collection(&body)
+                request.delete_collection(&body)
+            }
         }
         (method, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method}"
