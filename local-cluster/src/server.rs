@@ -91,6 +91,9 @@ pub async fn serve(
         let Ok((stream, peer)) = accepted else {
             continue;
         };
+        // Watch events are small writes that must leave at once; Nagle would hold them back
+        // waiting for delayed ACKs.
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let mut stop = shutdown.clone();
