@@ -1,6 +1,7 @@
 //! Request bodies in the Kubernetes protobuf encoding (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for built-in kinds (`kubectl create namespace`,
-//! `create configmap`, `create secret`, `create serviceaccount`). Decoded into the same JSON the
+//! `create configmap`, `create secret`, `create serviceaccount`) and for `DeleteOptions`
+//! (Helm's typed deletes). Decoded into the same JSON the
 //! rest of the server works with; kinds outside that set get `415`. Responses are always JSON,
 //! which these clients also accept.
 
@@ -83,8 +84,23 @@ const SERVICE_ACCOUNT: &[(u64, Field)] = &[
     (4, Field::Bool("automountServiceAccountToken")),
 ];
 
+const DELETE_OPTIONS: &[(u64, Field)] = &[
+    (1, Field::Int("gracePeriodSeconds")),
+    (
+        2,
+        Field::Message(
+            "preconditions",
+            &[(1, Field::Text("uid")), (2, Field::Text("resourceVersion"))],
+        ),
+    ),
+    (3, Field::Bool("orphanDependents")),
+    (4, Field::Text("propagationPolicy")),
+    (5, Field::Texts("dryRun")),
+];
+
 fn schema_of(api_version: &str, kind: &str) -> Option<&'static [(u64, Field)]> {
     match (api_version, kind) {
+        (_, "DeleteOptions") => Some(DELETE_OPTIONS),
         ("v1", "Namespace") => Some(NAMESPACE),
         ("v1", "ConfigMap") => Some(CONFIG_MAP),
         ("v1", "Secret") => Some(SECRET),

@@ -91,6 +91,9 @@ pub async fn serve(
         let Ok((stream, peer)) = accepted else {
             continue;
         };
+        // Watch events are small writes that must leave at once; Nagle would hold them back
+        // waiting for delayed ACKs.
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let mut stop = shutdown.clone();
@@ -167,13 +170,13 @@ fn list_json(resource: &Resource, metadata: &Value, items: &[Arc<Value>]) -> Vec
         if i > 0 {
             out.push(b',');
         }
-        let written = if object["apiVersion"].as_str() == Some(api_version.as_str()) {
-            serde_json::to_writer(&mut out, object.as_ref())
+        // `Value`'s own Display keeps serialization in serde_json's (optimized) code.
+        let text = if object["apiVersion"].as_str() == Some(api_version.as_str()) {
+            object.to_string()
         } else {
-            serde_json::to_writer(&mut out, &crate::api::present(resource, object))
+            crate::api::present(resource, object).to_string()
         };
-        // Serializing a Value into memory cannot fail.
-        debug_assert!(written.is_ok());
+        out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(b"]}");
     out
@@ -387,13 +390,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, false) => request.list(),
         (Method::GET, true) => request.get(),
         (Method::POST, false) => {
-            let yaml = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(&read_body(req, shared.settings.max_body_bytes).await?, yaml)?;
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
+            let body = decode(
+                &read_body(req, shared.settings.max_body_bytes).await?,
+                encoding,
+            )?;
             request.create(body)
         }
         (Method::PUT, true) => {
-            let yaml = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(&read_body(req, shared.settings.max_body_bytes).await?, yaml)?;
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
+            let body = decode(
+                &read_body(req, shared.settings.max_body_bytes).await?,
+                encoding,
+            )?;
             request.update(body)
         }
         (Method::PATCH, true) => {
@@ -410,23 +419,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             let body = decode(&bytes, encoding)?;
             request.patch(patch_type, body)
         }
-        (Method::DELETE, true) => {
+        (Method::DELETE, item) => {
+            let encoding = body_media(header(&req, CONTENT_TYPE))?;
             let bytes = read_body(req, shared.settings.max_body_bytes).await?;
             let body = if bytes.iter().all(u8::is_ascii_whitespace) {
                 Value::Null
             } else {
-                decode(&bytes, Encoding::Json)?
+                decode(&bytes, encoding)?
             };
-            request.delete(&body)
-        }
-        (Method::DELETE, false) => {
-            let bytes = read_body(req, shared.settings.max_body_bytes).await?;
-            let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-                Value::Null
+            if item {
+                request.delete(&body)
             } else {
-                decode(&bytes, Encoding::Json)?
-            };
-            request.delete_collection(&body)
+                request.delete_collection(&body)
+            }
         }
         (method, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method}"

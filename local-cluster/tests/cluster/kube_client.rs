@@ -107,6 +107,26 @@ async fn api_create_list_patch_apply_and_conflicts() {
         .collect();
     assert_eq!(managers, ["bob"]);
 
+    let generated: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": "gen-"}})).unwrap();
+    let generated = api
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let name = generated.name_any();
+    assert!(
+        name.starts_with("gen-") && name.len() == "gen-".len() + 5,
+        "{name}"
+    );
+    let versions: Vec<u64> = [&created, &generated]
+        .iter()
+        .map(|cm| cm.resource_version().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        versions[0] < versions[1],
+        "one global, increasing resourceVersion"
+    );
+
     api.delete("a", &DeleteParams::default()).await.unwrap();
     let error = api.get("a").await.unwrap_err();
     assert!(

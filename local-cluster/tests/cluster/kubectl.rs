@@ -137,6 +137,27 @@ async fn get_aigc_lists_every_kind_with_printer_columns() {
     assert_eq!(row[1], "hot");
     let short = h.kubectl_ok(&["get", "tier", "-o", "name"]).await;
     assert_eq!(short.trim(), "storagetier.aigc.dev/hot");
+
+    h.kubectl_ok(&["delete", "crd", "storagetiers.aigc.dev"])
+        .await;
+    let gone = h.kubectl(&["get", "storagetiers"]).await;
+    assert!(!gone.status.success(), "the resource is no longer served");
+    let served: Value = serde_json::from_str(
+        &h.kubectl_ok(&["get", "--raw", "/apis/aigc.dev/v1alpha1"])
+            .await,
+    )
+    .unwrap();
+    let resources: Vec<&str> = served["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !resources.iter().any(|r| r.starts_with("storagetiers")),
+        "{resources:?}"
+    );
+    assert!(resources.contains(&"datasets"), "{resources:?}");
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! End-to-end tests of the embedded API server with real clients: kubectl, kube-rs (Api,
-//! watcher, Controller) and raw HTTP for malformed requests.
+//! watcher, Controller), Helm, and raw HTTP for malformed requests.
 
 mod bad_input;
 mod harness;
+mod helm;
 mod kube_client;
 mod kubectl;
 mod request_path;
