@@ -213,10 +213,7 @@ fn string_value(content: &Content, key: &str) -> Result<String, WorkerError> {
 }
 
 fn value_string(value: &Value, key: &str) -> Result<String, WorkerError> {
-    value
-        .to_string()
-        .map(Clone::clone)
-        .map_err(|e| invalid(key, e))
+    value.to_string().cloned().map_err(|e| invalid(key, e))
 }
 
 fn string_array(content: &Content, key: &str) -> Result<Vec<String>, WorkerError> {
@@ -267,9 +264,9 @@ mod tests {
 
     #[test]
     fn unknown_pre_tokenizer_is_refused_by_name() {
-        let error = pre_tokenizer("falcon")
-            .err()
-            .expect("falcon is not supported");
+        let Err(error) = pre_tokenizer("falcon") else {
+            panic!("falcon is not supported");
+        };
         assert!(error.to_string().contains("falcon"), "{error}");
     }
 }

@@ -46,7 +46,7 @@ pub enum ServedModel {
     Generation {
         architecture: &'static str,
         format: &'static str,
-        tokenizer: TextTokenizer,
+        tokenizer: Box<TextTokenizer>,
         template: ChatTemplate,
         context_length: usize,
         queue: QueueHandle<GenerationJob>,

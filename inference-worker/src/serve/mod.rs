@@ -290,7 +290,7 @@ fn load_model(
     let capacity = args.max_queue as usize;
     Ok(match loaded.capability {
         Capability::Generation(generator) => {
-            let tokenizer = generator.tokenizer().clone();
+            let tokenizer = Box::new(generator.tokenizer().clone());
             let template = generator.chat_template();
             let context_length = generator.context_length();
             ServedModel::Generation {
