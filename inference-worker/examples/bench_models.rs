@@ -91,9 +91,31 @@ fn main() -> anyhow::Result<()> {
 /// sentence-transformers.
 fn bench_sentences() -> Vec<String> {
     const WORDS: &[&str] = &[
-        "the", "cluster", "schedules", "training", "jobs", "onto", "nodes", "with", "free",
-        "GPUs", "while", "datasets", "move", "between", "hot", "and", "cold", "storage",
-        "tiers", "every", "night", "model", "serves", "requests", "quickly",
+        "the",
+        "cluster",
+        "schedules",
+        "training",
+        "jobs",
+        "onto",
+        "nodes",
+        "with",
+        "free",
+        "GPUs",
+        "while",
+        "datasets",
+        "move",
+        "between",
+        "hot",
+        "and",
+        "cold",
+        "storage",
+        "tiers",
+        "every",
+        "night",
+        "model",
+        "serves",
+        "requests",
+        "quickly",
     ];
     (0..SENTENCES)
         .map(|i| {

@@ -56,7 +56,7 @@ impl TextTokenizer {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let vocab = tokens
+        let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
             .map(|(id, token)| (token.clone(), id as u32))
@@ -89,7 +89,9 @@ impl TextTokenizer {
             .filter(|(_, kind)| matches!(**kind, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
             .map(|(token, _)| AddedToken::from(token.clone(), true))
             .collect();
-        inner.add_special_tokens(&special);
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| WorkerError::Tokenizer(format!("GGUF special tokens: {e}")))?;
 
         let mut stop_ids = Vec::new();
         if let Some(value) = content.metadata.get("tokenizer.ggml.eos_token_id") {
@@ -211,10 +213,7 @@ fn string_value(content: &Content, key: &str) -> Result<String, WorkerError> {
 }
 
 fn value_string(value: &Value, key: &str) -> Result<String, WorkerError> {
-    value
-        .to_string()
-        .map(Clone::clone)
-        .map_err(|e| invalid(key, e))
+    value.to_string().cloned().map_err(|e| invalid(key, e))
 }
 
 fn string_array(content: &Content, key: &str) -> Result<Vec<String>, WorkerError> {
@@ -265,7 +264,9 @@ mod tests {
 
     #[test]
     fn unknown_pre_tokenizer_is_refused_by_name() {
-        let error = pre_tokenizer("falcon").err().expect("falcon is not supported");
+        let Err(error) = pre_tokenizer("falcon") else {
+            panic!("falcon is not supported");
+        };
         assert!(error.to_string().contains("falcon"), "{error}");
     }
 }

@@ -21,13 +21,11 @@ async fn official_openai_client_chats_streams_and_embeds() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let output = tokio::process::Command::new("python3")
         .arg(script)
-        .args([
-            &chat.base_url(),
-            chat.model_id(),
-            &embed.base_url(),
-            embed.model_id(),
-            "sk-test-openai",
-        ])
+        .arg(chat.base_url())
+        .arg(chat.model_id())
+        .arg(embed.base_url())
+        .arg(embed.model_id())
+        .arg("sk-test-openai")
         .output()
         .await
         .expect("python3 runs (see scripts/install-test-deps.sh)");

@@ -14,7 +14,10 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/embeddings_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/embeddings_reference.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -57,7 +60,11 @@ async fn embeddings_match_sentence_transformers_and_rank_paraphrases() {
     assert_eq!(got.len(), reference.embeddings.len());
     for (i, (g, r)) in got.iter().zip(&reference.embeddings).enumerate() {
         assert_eq!(g.len(), 384);
-        let worst = g.iter().zip(r).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = g
+            .iter()
+            .zip(r)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-3, "sentence {i} differs by {worst}");
         let norm = cosine(g, g).sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "sentence {i} has norm {norm}");
@@ -78,7 +85,10 @@ async fn single_string_base64_and_batched_requests_agree() {
 
     let single = vectors(
         &client
-            .post("/v1/embeddings", &json!({"model": model, "input": sentence}))
+            .post(
+                "/v1/embeddings",
+                &json!({"model": model, "input": sentence}),
+            )
             .await
             .json(),
     );
@@ -120,9 +130,20 @@ async fn single_string_base64_and_batched_requests_agree() {
                 .await
                 .json(),
         );
-        let worst = got[0].iter().zip(&alone[0]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "batched and alone differ by {worst} for {text:?}");
-        let worst = got[1].iter().zip(&single[0]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = got[0]
+            .iter()
+            .zip(&alone[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "batched and alone differ by {worst} for {text:?}"
+        );
+        let worst = got[1]
+            .iter()
+            .zip(&single[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "padding changed a vector by {worst}");
     }
     let metrics = client.get("/metrics").await.text();
@@ -136,7 +157,10 @@ async fn embedding_errors_name_the_input() {
     let model = server.model_id().to_string();
 
     let reply = client
-        .post("/v1/embeddings", &json!({"model": model, "input": "word ".repeat(400)}))
+        .post(
+            "/v1/embeddings",
+            &json!({"model": model, "input": "word ".repeat(400)}),
+        )
         .await;
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert_eq!(reply.json()["error"]["code"], "context_length_exceeded");
@@ -145,12 +169,18 @@ async fn embedding_errors_name_the_input() {
         .await;
     assert_eq!(reply.status, 422);
     let reply = client
-        .post("/v1/embeddings", &json!({"model": model, "input": [1, 2, 3]}))
+        .post(
+            "/v1/embeddings",
+            &json!({"model": model, "input": [1, 2, 3]}),
+        )
         .await;
     assert_eq!(reply.status, 422);
     assert_eq!(reply.json()["error"]["param"], "input");
     let reply = client
-        .post("/v1/embeddings", &json!({"model": model, "input": "x", "dimensions": 8}))
+        .post(
+            "/v1/embeddings",
+            &json!({"model": model, "input": "x", "dimensions": 8}),
+        )
         .await;
     assert_eq!(reply.status, 422);
     let reply = client

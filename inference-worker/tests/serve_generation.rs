@@ -43,7 +43,10 @@ async fn greedy_chat_answer_mentions_paris_with_usage() {
     let server = start(loopback_args(smollm2_gguf())).await;
     let client = Client::new(&server);
     let reply = client
-        .post("/v1/chat/completions", &chat_body(server.model_id(), json!({})))
+        .post(
+            "/v1/chat/completions",
+            &chat_body(server.model_id(), json!({})),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let body = reply.json();
@@ -89,7 +92,10 @@ async fn greedy_chat_answer_mentions_paris_with_usage() {
         .iter()
         .find_map(|c| c["choices"][0]["finish_reason"].as_str())
         .unwrap();
-    assert_eq!(finish, body["choices"][0]["finish_reason"].as_str().unwrap());
+    assert_eq!(
+        finish,
+        body["choices"][0]["finish_reason"].as_str().unwrap()
+    );
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(usage["completion_tokens"], completion, "{usage}");
 }
@@ -139,55 +145,86 @@ async fn bad_requests_get_openai_errors() {
     let check = |reply: common::Reply, status: u16, param: Option<&str>| {
         assert_eq!(reply.status, status, "{}", reply.text());
         let body = reply.json();
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
         if let Some(param) = param {
             assert_eq!(body["error"]["param"], param, "{body}");
         }
     };
-    check(client.post_raw("/v1/chat/completions", "{\"model\": ").await, 400, None);
     check(
-        client.post("/v1/chat/completions", &chat_body("gpt-4", json!({}))).await,
+        client
+            .post_raw("/v1/chat/completions", "{\"model\": ")
+            .await,
+        400,
+        None,
+    );
+    check(
+        client
+            .post("/v1/chat/completions", &chat_body("gpt-4", json!({})))
+            .await,
         404,
         Some("model"),
     );
     check(
         client
-            .post("/v1/chat/completions", &chat_body(&model, json!({"temperature": "hot"})))
+            .post(
+                "/v1/chat/completions",
+                &chat_body(&model, json!({"temperature": "hot"})),
+            )
             .await,
         422,
         Some("temperature"),
     );
     check(
         client
-            .post("/v1/chat/completions", &json!({"model": model, "messages": "hi"}))
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": model, "messages": "hi"}),
+            )
             .await,
         422,
         Some("messages"),
     );
     check(
         client
-            .post("/v1/chat/completions", &chat_body(&model, json!({"max_tokens": 0})))
+            .post(
+                "/v1/chat/completions",
+                &chat_body(&model, json!({"max_tokens": 0})),
+            )
             .await,
         422,
         Some("max_tokens"),
     );
     check(
         client
-            .post("/v1/chat/completions", &chat_body(&model, json!({"max_tokens": 1_000_000})))
+            .post(
+                "/v1/chat/completions",
+                &chat_body(&model, json!({"max_tokens": 1_000_000})),
+            )
             .await,
         422,
         Some("max_tokens"),
     );
     check(
         client
-            .post("/v1/chat/completions", &chat_body(&model, json!({"max_tokens": 8190})))
+            .post(
+                "/v1/chat/completions",
+                &chat_body(&model, json!({"max_tokens": 8190})),
+            )
             .await,
         400,
         Some("max_tokens"),
     );
     let long_prompt = "hello ".repeat(9000);
     let reply = client
-        .post("/v1/completions", &json!({"model": model, "prompt": long_prompt}))
+        .post(
+            "/v1/completions",
+            &json!({"model": model, "prompt": long_prompt}),
+        )
         .await;
     assert_eq!(reply.json()["error"]["code"], "context_length_exceeded");
     check(reply, 400, None);
@@ -224,14 +261,21 @@ async fn api_keys_guard_model_routes_but_not_probes() {
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
     assert_eq!(
-        Client::new(&server).with_key("wrong").get("/v1/models").await.status,
+        Client::new(&server)
+            .with_key("wrong")
+            .get("/v1/models")
+            .await
+            .status,
         401
     );
     assert_eq!(anonymous.get("/healthz").await.status, 200);
     assert_eq!(anonymous.get("/readyz").await.status, 200);
     assert_eq!(anonymous.get("/metrics").await.status, 200);
 
-    let reply = Client::new(&server).with_key("secret-two").get("/v1/models").await;
+    let reply = Client::new(&server)
+        .with_key("secret-two")
+        .get("/v1/models")
+        .await;
     assert_eq!(reply.status, 200);
     let model = &reply.json()["data"][0];
     assert_eq!(model["id"], server.model_id());
@@ -277,7 +321,9 @@ async fn full_queue_answers_429_and_disconnect_cancels_generation() {
     const LONG: usize = 2000;
 
     // A long streamed generation occupies the model thread once its first chunk arrives.
-    let mut running = client.open("/v1/completions", &counting_body(&model, LONG, true)).await;
+    let mut running = client
+        .open("/v1/completions", &counting_body(&model, LONG, true))
+        .await;
     assert_eq!(running.status(), 200);
     use http_body_util::BodyExt;
     let first = running.body_mut().frame().await.unwrap().unwrap();
@@ -298,7 +344,9 @@ async fn full_queue_answers_429_and_disconnect_cancels_generation() {
     {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let reply = client.post("/v1/completions", &counting_body(&model, 3, false)).await;
+    let reply = client
+        .post("/v1/completions", &counting_body(&model, 3, false))
+        .await;
     assert_eq!(reply.status, 429, "{}", reply.text());
     assert_eq!(reply.headers["retry-after"], "1");
     assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
@@ -312,6 +360,8 @@ async fn full_queue_answers_429_and_disconnect_cancels_generation() {
     let generated = metric(&metrics, "aigc_generated_tokens_total");
     assert!(generated < LONG as f64, "generated {generated} tokens");
     assert!(metric(&metrics, "aigc_time_to_first_token_seconds_count") >= 2.0);
-    assert!(metrics.contains("aigc_http_requests_total{route=\"/v1/completions\",status=\"429\"} 1"));
+    assert!(
+        metrics.contains("aigc_http_requests_total{route=\"/v1/completions\",status=\"429\"} 1")
+    );
     assert!(metrics.contains("aigc_queue_depth{queue=\"generation\"}"));
 }

@@ -16,14 +16,19 @@ fn smollm2_tokenizer() -> TextTokenizer {
 #[test]
 fn chat_prompt_tokenizes_to_llama_cpp_ids() {
     let tokenizer = smollm2_tokenizer();
-    assert_eq!(ChatTemplate::for_vocabulary(&tokenizer), ChatTemplate::ChatMl);
+    assert_eq!(
+        ChatTemplate::for_vocabulary(&tokenizer),
+        ChatTemplate::ChatMl
+    );
     let prompt = ChatTemplate::ChatMl.render(&[ChatMessage {
         role: "user".into(),
         content: "What is the capital of France?".into(),
     }]);
     assert_eq!(
         tokenizer.encode(&prompt).unwrap(),
-        [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+        [
+            1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198
+        ]
     );
 }
 
@@ -33,7 +38,10 @@ fn digits_are_single_tokens_and_text_round_trips() {
     let text = "In 2024, 3.14159 apples cost $12 — naïve café.";
     let ids = tokenizer.encode("12345").unwrap();
     assert_eq!(ids.len(), 5, "each digit is its own token: {ids:?}");
-    assert_eq!(tokenizer.decode(&tokenizer.encode(text).unwrap()).unwrap(), text);
+    assert_eq!(
+        tokenizer.decode(&tokenizer.encode(text).unwrap()).unwrap(),
+        text
+    );
 }
 
 #[test]

@@ -80,7 +80,11 @@ mod tests {
         let error = ApiKeys::from_file(&path).err().expect("no keys");
         assert!(error.to_string().contains("no keys"), "{error}");
         std::fs::write(&path, "k1\n").unwrap();
-        assert!(ApiKeys::from_file(&path).unwrap().accepts(Some(b"Bearer k1")));
+        assert!(
+            ApiKeys::from_file(&path)
+                .unwrap()
+                .accepts(Some(b"Bearer k1"))
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

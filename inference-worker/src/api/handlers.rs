@@ -46,7 +46,10 @@ pub(super) async fn readyz(State(state): AppStateRef) -> Response {
 
 pub(super) async fn metrics(State(state): AppStateRef) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -292,8 +295,12 @@ impl Reply {
     /// One streamed chunk: `delta` is the chat delta or the completion text.
     fn chunk(&self, delta: Value, reason: Option<FinishReason>) -> Value {
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({ "index": 0, "delta": delta, "finish_reason": reason, "logprobs": null }),
-            Endpoint::Completion => json!({ "index": 0, "text": delta, "finish_reason": reason, "logprobs": null }),
+            Endpoint::Chat => {
+                json!({ "index": 0, "delta": delta, "finish_reason": reason, "logprobs": null })
+            }
+            Endpoint::Completion => {
+                json!({ "index": 0, "text": delta, "finish_reason": reason, "logprobs": null })
+            }
         };
         self.envelope(vec![choice])
     }
@@ -381,10 +388,10 @@ fn stream_reply(
         if !s.started {
             s.started = true;
             if s.reply.endpoint == Endpoint::Chat {
-                out.push(data(&s.reply.chunk(
-                    json!({ "role": "assistant", "content": "" }),
-                    None,
-                )));
+                out.push(data(
+                    &s.reply
+                        .chunk(json!({ "role": "assistant", "content": "" }), None),
+                ));
                 return Some((out, s));
             }
         }
@@ -498,11 +505,16 @@ pub(super) async fn embeddings(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens: None,
+        total_tokens: prompt_tokens,
+    };
     Ok(Json(json!({
         "object": "list",
         "data": data,
         "model": request.model,
-        "usage": Usage { prompt_tokens, completion_tokens: None, total_tokens: prompt_tokens },
+        "usage": usage,
     }))
     .into_response())
 }

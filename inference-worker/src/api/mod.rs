@@ -46,7 +46,7 @@ pub enum ServedModel {
     Generation {
         architecture: &'static str,
         format: &'static str,
-        tokenizer: TextTokenizer,
+        tokenizer: Box<TextTokenizer>,
         template: ChatTemplate,
         context_length: usize,
         queue: QueueHandle<GenerationJob>,
@@ -88,12 +88,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
-        .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
         .with_state(state)
 }
 
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(keys) = &state.api_keys
         && !OPEN_ROUTES.contains(&request.uri().path())
         && !keys.accepts(
@@ -108,7 +118,11 @@ async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, n
     next.run(request).await
 }
 
-async fn record_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn record_request(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = route_label(request.uri().path());
     let started = Instant::now();
     let response = next.run(request).await;

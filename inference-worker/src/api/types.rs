@@ -105,7 +105,9 @@ impl GenerationFields {
             Some(n) => {
                 return Err(ApiError::out_of_range(
                     "max_tokens",
-                    format!("`max_tokens` is {n}; accepted: 1 to {context_length} (the context length)"),
+                    format!(
+                        "`max_tokens` is {n}; accepted: 1 to {context_length} (the context length)"
+                    ),
                 ));
             }
         };
@@ -117,7 +119,9 @@ impl GenerationFields {
             ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
+        // Written so that NaN is refused too.
+        let top_p_valid = top_p > 0.0 && top_p <= 1.0;
+        if !top_p_valid {
             return Err(ApiError::out_of_range(
                 "top_p",
                 format!("`top_p` is {top_p}; accepted: greater than 0, at most 1"),
@@ -142,7 +146,11 @@ impl GenerationFields {
                 format!("`n` is {n}; this server returns exactly 1 choice"),
             ));
         }
-        let stop = self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
+        let stop = self
+            .stop
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
         if stop.len() > MAX_STOP_STRINGS {
             return Err(ApiError::out_of_range(
                 "stop",
@@ -394,6 +402,12 @@ mod tests {
         let request: ChatRequest =
             parse_json(br#"{"model": "m", "messages": [{"role": "robot", "content": "x"}]}"#)
                 .unwrap();
-        assert!(request.chat_messages().unwrap_err().message.contains("robot"));
+        assert!(
+            request
+                .chat_messages()
+                .unwrap_err()
+                .message
+                .contains("robot")
+        );
     }
 }

@@ -208,7 +208,7 @@ impl TextStream {
 
 /// Starts the thread that owns an embedder.
 pub fn spawn_embedding(
-    model: Box<dyn Embedder>,
+    model: Arc<dyn Embedder>,
     capacity: usize,
     max_batch: usize,
     metrics: Arc<Metrics>,
@@ -291,7 +291,10 @@ mod tests {
         assert_eq!(stream.advance("Paris E"), ("Paris ".to_string(), false));
         assert_eq!(stream.advance("Paris EN"), (String::new(), false));
         assert_eq!(stream.advance("Paris END."), (String::new(), true));
-        assert_eq!(run(&["END"], &["Paris E", "Paris EN", "Paris END"]).0, "Paris ");
+        assert_eq!(
+            run(&["END"], &["Paris E", "Paris EN", "Paris END"]).0,
+            "Paris "
+        );
     }
 
     #[test]

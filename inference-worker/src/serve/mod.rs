@@ -179,16 +179,19 @@ impl Server {
             model: OnceLock::new(),
         });
 
-        let listener = TcpListener::bind(args.listen)
-            .await
+        let listener =
+            TcpListener::bind(args.listen)
+                .await
+                .map_err(|source| WorkerError::Listen {
+                    addr: args.listen.to_string(),
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|source| WorkerError::Listen {
                 addr: args.listen.to_string(),
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| WorkerError::Listen {
-            addr: args.listen.to_string(),
-            source,
-        })?;
         let serves_tls = tls.is_some();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = router(state.clone());
@@ -287,7 +290,7 @@ fn load_model(
     let capacity = args.max_queue as usize;
     Ok(match loaded.capability {
         Capability::Generation(generator) => {
-            let tokenizer = generator.tokenizer().clone();
+            let tokenizer = Box::new(generator.tokenizer().clone());
             let template = generator.chat_template();
             let context_length = generator.context_length();
             ServedModel::Generation {
@@ -324,5 +327,7 @@ fn default_model_name(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    name.strip_suffix(".gguf").map(str::to_string).unwrap_or(name)
+    name.strip_suffix(".gguf")
+        .map(str::to_string)
+        .unwrap_or(name)
 }

