@@ -306,9 +306,10 @@ mod tests {
         let d = decide(&[wanted, not_opted_in], &tiers(), now());
         assert_eq!(d["wanted"], Decision::Promote { to: "hot".into() });
         assert_eq!(
+            // Not opted in to promotion: it stays on the cold tier it was demoted to.
             d["manual"],
             Decision::Stay {
-                reason: StayReason::InUse
+                reason: StayReason::Placed
             }
         );
     }
