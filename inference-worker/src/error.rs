@@ -41,6 +41,16 @@ pub enum WorkerError {
     /// A command-line value or configuration that cannot be used.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A command-line flag with a value that cannot be used.
+    #[error("invalid {flag} {value:?}: {reason}")]
+    InvalidFlag {
+        /// The flag, e.g. `--storage-class`.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is accepted.
+        reason: String,
+    },
     /// Input data that cannot be used, with what was wrong and where.
     #[error("{0}")]
     InvalidData(String),

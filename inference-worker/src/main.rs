@@ -3,14 +3,14 @@
 
 use std::process::ExitCode;
 
-use aigc_worker::{prepare, serve, train};
+use aigc_worker::{prepare, serve, train, transfer};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "aigc-worker",
     version,
-    about = "aigc-operator worker: serve models, prepare data, train models"
+    about = "aigc-operator worker: serve models, prepare data, train models, move data between tiers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +25,8 @@ enum Command {
     Prepare(prepare::PrepareArgs),
     /// Train a model on a prepared dataset, with checkpoints and resume.
     Train(train::TrainArgs),
+    /// Move a dataset or model between storage tiers, verifying every object.
+    Transfer(transfer::TransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,14 +39,25 @@ fn main() -> ExitCode {
         .json()
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => match serve::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("aigc-worker serve: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve(args) => report("serve", serve::run(args)),
         Command::Prepare(args) => prepare::run_command(args),
         Command::Train(args) => train::run_command(args),
+        Command::Transfer(args) => {
+            let result = tokio::runtime::Runtime::new()
+                .map_err(|e| aigc_worker::WorkerError::io("tokio runtime", e))
+                .and_then(|runtime| runtime.block_on(transfer::run(args)));
+            report("transfer", result)
+        }
+    }
+}
+
+/// Exit status of a subcommand: success, or its error on stderr and a failure status.
+fn report(subcommand: &str, result: aigc_worker::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aigc-worker {subcommand}: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

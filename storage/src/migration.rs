@@ -407,12 +407,12 @@ impl Run<'_> {
                 }
             })
             .await;
-        if let Some(e) = self
+        let failed = self
             .first_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+            .take();
+        if let Some(e) = failed {
             // Keep what was verified so the rerun can skip it.
             let guard = self.journal.lock().await;
             write_journal(self.to, &guard.0).await?;
