@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use aigc_storage::{MANIFEST_KEY, Manifest, ManifestEntry};
 use sha2::{Digest, Sha256};
 
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// The local directory a URI names: `file:///abs/dir` or a plain path.
 pub fn local_path(uri: &str) -> Result<PathBuf> {
@@ -31,7 +31,9 @@ pub fn local_path(uri: &str) -> Result<PathBuf> {
         )));
     }
     if uri.is_empty() {
-        return Err(WorkerError::InvalidArgument("an empty path was given".into()));
+        return Err(WorkerError::InvalidArgument(
+            "an empty path was given".into(),
+        ));
     }
     Ok(PathBuf::from(uri))
 }
@@ -106,8 +108,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Size and lowercase hex SHA-256 of a file, read in blocks.
 pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
-    let mut f =
-        fs::File::open(path).map_err(|e| WorkerError::io(format!("opening {}", path.display()), e))?;
+    let mut f = fs::File::open(path)
+        .map_err(|e| WorkerError::io(format!("opening {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut size = 0u64;
@@ -164,7 +166,8 @@ pub fn read_verified(dir: &Path, manifest: &Manifest, key: &str) -> Result<Vec<u
         ))
     })?;
     let path = dir.join(key);
-    let bytes = fs::read(&path).map_err(|e| WorkerError::io(format!("reading {}", path.display()), e))?;
+    let bytes =
+        fs::read(&path).map_err(|e| WorkerError::io(format!("reading {}", path.display()), e))?;
     let digest = hex::encode(Sha256::digest(&bytes));
     if bytes.len() as u64 != entry.size || digest != entry.sha256 {
         return Err(WorkerError::Corrupt(format!(

@@ -133,7 +133,8 @@ fn mlp_classifies_breast_cancer_and_serves_predictions() {
 
     // A server loads the directory and predicts rows given as JSON objects.
     let model = Mlp::load(&out, &candle_core::Device::Cpu).unwrap();
-    let csv = std::fs::read_to_string(training_support::shared_dataset("breast_cancer.csv")).unwrap();
+    let csv =
+        std::fs::read_to_string(training_support::shared_dataset("breast_cancer.csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let (rows, labels): (Vec<_>, Vec<_>) = lines

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::mlp::architecture_name;
 use super::{ArchitectureConfig, Builder, Dense, Init, ParamSource, Params, read_model};
 use crate::rng::Rng;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// Configuration of a character transformer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

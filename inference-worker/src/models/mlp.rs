@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ArchitectureConfig, Builder, Dense, ParamSource, Params, read_model};
 use crate::rng::Rng;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// What a tabular model predicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

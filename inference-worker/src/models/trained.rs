@@ -14,7 +14,7 @@ use super::char_transformer::CharTransformerConfig;
 use super::mlp::MlpConfig;
 
 use crate::rng::Rng;
-use crate::{WorkerError, Result, objects};
+use crate::{Result, WorkerError, objects};
 
 /// Object key of the weights.
 pub const WEIGHTS_KEY: &str = "model.safetensors";
@@ -107,9 +107,9 @@ impl Params {
     pub fn assign(&self, tensors: &HashMap<String, Tensor>, prefix: &str) -> Result<()> {
         for (name, var) in self.names.iter().zip(&self.vars) {
             let key = format!("{prefix}{name}");
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| WorkerError::Corrupt(format!("the checkpoint has no tensor {key:?}")))?;
+            let t = tensors.get(&key).ok_or_else(|| {
+                WorkerError::Corrupt(format!("the checkpoint has no tensor {key:?}"))
+            })?;
             if t.dims() != var.dims() {
                 return Err(WorkerError::Corrupt(format!(
                     "checkpoint tensor {key:?} has shape {:?}; the model has {:?}",

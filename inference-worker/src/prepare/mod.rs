@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::objects;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 use validate::{Checked, Reject};
 pub use validate::{ColumnStats, RejectReason};
 
@@ -290,7 +290,9 @@ fn run(options: &PrepareOptions, report: &mut Report, staging: &mut Option<PathB
 fn check_schema(schema: &DataSchema) -> Result<()> {
     let mut names = HashSet::new();
     if schema.columns.is_empty() {
-        return Err(WorkerError::InvalidArgument("the schema has no columns".into()));
+        return Err(WorkerError::InvalidArgument(
+            "the schema has no columns".into(),
+        ));
     }
     for c in &schema.columns {
         if !names.insert(c.name.as_str()) {
@@ -419,7 +421,8 @@ impl<'a> ShardWriter<'a> {
 
     fn close_current(&mut self) -> Result<()> {
         if let Some((mut w, _)) = self.current.take() {
-            w.flush().map_err(|e| WorkerError::io("flushing a shard", e))?;
+            w.flush()
+                .map_err(|e| WorkerError::io("flushing a shard", e))?;
             w.get_ref()
                 .sync_all()
                 .map_err(|e| WorkerError::io("syncing a shard", e))?;

@@ -9,7 +9,7 @@ use aigc_crds::dataset::DataSchema;
 
 use super::InputFormat;
 use super::validate::{Checked, RawValue, Reject, RejectReason, check_value};
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// Most distinct unknown JSONL keys remembered for the report.
 const MAX_IGNORED_NAMES: usize = 100;
@@ -26,7 +26,8 @@ pub fn input_files(source: &Path) -> Result<Vec<PathBuf>> {
     let entries = fs::read_dir(source)
         .map_err(|e| WorkerError::io(format!("listing source {}", source.display()), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| WorkerError::io(format!("listing {}", source.display()), e))?;
+        let entry =
+            entry.map_err(|e| WorkerError::io(format!("listing {}", source.display()), e))?;
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
         if !hidden && entry.file_type().is_ok_and(|t| t.is_file()) {
             files.push(entry.path());

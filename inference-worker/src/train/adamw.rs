@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::models::Params;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// AdamW hyperparameters.
 #[derive(Clone, Copy, Debug)]

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::EpochRecord;
 use super::adamw::AdamW;
 use crate::models::Params;
-use crate::{WorkerError, Result, objects};
+use crate::{Result, WorkerError, objects};
 
 const LATEST: &str = "latest";
 const META: &str = "state.json";
@@ -53,7 +53,8 @@ pub struct CheckpointMeta {
 
 /// Write a checkpoint and make it the latest; older checkpoints are removed.
 pub fn save(dir: &Path, params: &Params, adam: &AdamW, meta: &CheckpointMeta) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| WorkerError::io(format!("creating {}", dir.display()), e))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| WorkerError::io(format!("creating {}", dir.display()), e))?;
     let name = format!("step-{:010}", meta.state.step);
     let staging = dir.join(format!(".{name}.partial"));
     if staging.exists() {

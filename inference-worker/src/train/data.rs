@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use aigc_storage::Manifest;
 
 use crate::prepare::{DATASET_KEY, DatasetDescriptor, InputFormat};
-use crate::{WorkerError, Result, objects};
+use crate::{Result, WorkerError, objects};
 
 /// A prepared dataset: its descriptor and manifest.
 pub(crate) struct PreparedDataset {

@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::device::{self, DevicePreference};
 use crate::models::mlp::Task;
 use crate::models::{
     ArchitectureConfig, CONFIG_FORMAT, CONFIG_KEY, ModelConfig, Params, WEIGHTS_KEY,
 };
 use crate::rng::Rng;
-use crate::device::{self, DevicePreference};
 use crate::{Result, WorkerError, objects};
 use adamw::{AdamW, AdamWConfig};
 use checkpoint::{CheckpointMeta, TrainState};
@@ -511,7 +511,8 @@ fn publish_model(
         training,
     };
     let write = |key: &str, bytes: Vec<u8>| {
-        std::fs::write(staging.join(key), bytes).map_err(|e| WorkerError::io(format!("writing {key}"), e))
+        std::fs::write(staging.join(key), bytes)
+            .map_err(|e| WorkerError::io(format!("writing {key}"), e))
     };
     write(
         CONFIG_KEY,

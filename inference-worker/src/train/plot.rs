@@ -5,12 +5,13 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::EpochRecord;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// Draw the loss curves of `history` to an SVG file.
 pub fn loss_curve_svg(history: &[EpochRecord], title: &str, path: &Path) -> Result<()> {
-    let fail =
-        |e: &dyn std::fmt::Display| WorkerError::InvalidData(format!("drawing {}: {e}", path.display()));
+    let fail = |e: &dyn std::fmt::Display| {
+        WorkerError::InvalidData(format!("drawing {}: {e}", path.display()))
+    };
     let losses = history.iter().flat_map(|r| [r.train_loss, r.val_loss]);
     let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
         (lo.min(x), hi.max(x))

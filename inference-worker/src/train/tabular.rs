@@ -10,7 +10,7 @@ use crate::models::mlp::{Feature, Task, normalise, text_number};
 use crate::models::{Mlp, MlpConfig};
 use crate::rng::Rng;
 use crate::train::data::PreparedDataset;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 /// Integer targets with at most this many distinct values are classified by default.
 const MAX_INFERRED_CLASSES: usize = 20;

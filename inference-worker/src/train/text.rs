@@ -12,7 +12,7 @@ use super::{Evaluation, TrainOptions};
 use crate::models::{CharTransformer, CharTransformerConfig};
 use crate::rng::Rng;
 use crate::train::data::PreparedDataset;
-use crate::{WorkerError, Result};
+use crate::{Result, WorkerError};
 
 pub(crate) struct Text {
     pub model: CharTransformer,
