@@ -257,6 +257,7 @@ impl LocalCluster {
         write_file(&kubeconfig_path, &kubeconfig(https_addr, &certs.ca_pem))?;
         let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
             .map_err(|e| Error::Client(e.to_string()))?;
+        tls::install_default_crypto_provider();
         let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(|e| Error::Client(e.to_string()))?;

@@ -78,3 +78,11 @@ impl ServingCerts {
         Ok(Arc::new(config))
     }
 }
+
+/// Make ring the process-wide rustls crypto provider unless one is installed already. The kube
+/// client builds its TLS configuration from the process default, and this workspace compiles
+/// both ring (kube) and aws-lc-rs (the AWS SDK) into rustls, which then cannot pick by itself.
+pub fn install_default_crypto_provider() {
+    // An error only means another provider was installed first, which serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

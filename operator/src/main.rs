@@ -76,6 +76,9 @@ enum LocalCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // rustls is built with both ring (kube) and aws-lc-rs (the AWS SDK); the kube client needs
+    // a process-wide choice.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Run {
             worker_image,
