@@ -83,6 +83,8 @@ impl ServingCerts {
 /// client builds its TLS configuration from the process default, and this workspace compiles
 /// both ring (kube) and aws-lc-rs (the AWS SDK) into rustls, which then cannot pick by itself.
 pub fn install_default_crypto_provider() {
-    // An error only means another provider was installed first, which serves as well.
+    // An error only means another provider was installed first, which serves as well. ring is
+    // deprecated only for lacking post-quantum key exchange, as in `server_config`.
+    #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

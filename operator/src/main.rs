@@ -77,7 +77,8 @@ enum LocalCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // rustls is built with both ring (kube) and aws-lc-rs (the AWS SDK); the kube client needs
-    // a process-wide choice.
+    // a process-wide choice. ring is deprecated only for lacking post-quantum key exchange.
+    #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Run {
