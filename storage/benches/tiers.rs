@@ -6,9 +6,9 @@
 //! * the same objects between two buckets of one local S3 server (moto): `migrate`
 //!   (server-side copies verified by the server's SHA-256) versus `aws s3 cp --recursive`.
 //!
-//! Run: `cargo bench -p aigc-storage --bench tiers` (needs `moto[server]` and `awscli`; see
-//! `scripts/install-test-deps.sh`); `--profile dev` reuses the test build (dependencies are
-//! optimised there too). Data lives under /tmp and is removed afterwards.
+//! Run: `pip install awscli`, then `cargo bench -p aigc-storage --bench tiers` (`moto[server]`
+//! comes from `scripts/install-test-deps.sh`); `--profile dev` reuses the test build
+//! (dependencies are optimised there too). Data lives under /tmp and is removed afterwards.
 //! `AIGC_BENCH_MIB` changes the total size (default 2048).
 //!
 //! Not run by `cargo test` or CI. The S3 side is bounded by the local server: moto is one
