@@ -124,15 +124,7 @@ pub fn namespace_of(object: &Value) -> &str {
 
 /// `metadata.finalizers` of an object.
 pub fn finalizers_of(object: &Value) -> Vec<String> {
-    object["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::resources::strings_at(object, "/metadata/finalizers")
 }
 
 /// Replace `metadata.finalizers` (removing the field when empty).

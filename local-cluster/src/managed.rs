@@ -201,6 +201,23 @@ fn entries_of(object: &Value) -> Vec<Entry> {
         .unwrap_or_default()
 }
 
+/// The managedFields entry of an apply by `manager` owning the leaves of its configuration.
+fn apply_entry(
+    manager: &str,
+    resource: &Resource,
+    subresource: &str,
+    config_leaves: &Leaves,
+) -> Entry {
+    Entry {
+        manager: manager.to_owned(),
+        operation: "Apply".to_owned(),
+        api_version: resource.api_version(),
+        time: now(),
+        subresource: subresource.to_owned(),
+        fields: config_leaves.keys().cloned().collect(),
+    }
+}
+
 fn write_entries(object: &mut Value, entries: &[Entry]) {
     let rendered: Vec<Value> = entries
         .iter()
@@ -410,14 +427,7 @@ pub fn apply(
         let mut object = config.clone();
         write_entries(
             &mut object,
-            &[Entry {
-                manager: manager.to_owned(),
-                operation: "Apply".to_owned(),
-                api_version: resource.api_version(),
-                time: now(),
-                subresource: subresource.to_owned(),
-                fields: config_leaves.keys().cloned().collect(),
-            }],
+            &[apply_entry(manager, resource, subresource, &config_leaves)],
         );
         return Ok(object);
     };
@@ -476,14 +486,7 @@ pub fn apply(
     entries.retain(|e| {
         !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
     });
-    entries.push(Entry {
-        manager: manager.to_owned(),
-        operation: "Apply".to_owned(),
-        api_version: resource.api_version(),
-        time: now(),
-        subresource: subresource.to_owned(),
-        fields: config_leaves.keys().cloned().collect(),
-    });
+    entries.push(apply_entry(manager, resource, subresource, &config_leaves));
     prune_missing(&mut entries, &object, resource);
     write_entries(&mut object, &entries);
     Ok(object)

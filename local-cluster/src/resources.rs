@@ -413,7 +413,8 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
 
-fn strings_at(value: &Value, pointer: &str) -> Vec<String> {
+/// The strings of the array at `pointer` (empty when absent).
+pub(crate) fn strings_at(value: &Value, pointer: &str) -> Vec<String> {
     value
         .pointer(pointer)
         .and_then(Value::as_array)

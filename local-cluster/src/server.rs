@@ -247,6 +247,15 @@ enum Encoding {
 }
 
 /// Decode a JSON, YAML or protobuf request body into an object.
+/// The body of a create or update, read within the size limit and decoded by its media type.
+async fn decoded_body(req: Request<Incoming>, shared: &Shared) -> Result<Value, ApiError> {
+    let encoding = body_media(header(&req, CONTENT_TYPE))?;
+    decode(
+        &read_body(req, shared.settings.max_body_bytes).await?,
+        encoding,
+    )
+}
+
 fn decode(bytes: &[u8], encoding: Encoding) -> Result<Value, ApiError> {
     if encoding == Encoding::Protobuf {
         return crate::protobuf::decode(bytes);
@@ -389,22 +398,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, false) if request.flag("watch") => request.watch(),
         (Method::GET, false) => request.list(),
         (Method::GET, true) => request.get(),
-        (Method::POST, false) => {
-            let encoding = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(
-                &read_body(req, shared.settings.max_body_bytes).await?,
-                encoding,
-            )?;
-            request.create(body)
-        }
-        (Method::PUT, true) => {
-            let encoding = body_media(header(&req, CONTENT_TYPE))?;
-            let body = decode(
-                &read_body(req, shared.settings.max_body_bytes).await?,
-                encoding,
-            )?;
-            request.update(body)
-        }
+        (Method::POST, false) => request.create(decoded_body(req, &shared).await?),
+        (Method::PUT, true) => request.update(decoded_body(req, &shared).await?),
         (Method::PATCH, true) => {
             let content_type = header(&req, CONTENT_TYPE).unwrap_or("").to_owned();
             let patch_type = PatchType::from_content_type(&content_type).ok_or_else(|| {
