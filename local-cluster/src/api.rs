@@ -453,6 +453,7 @@ impl Cluster {
         if self.store.get(&key, namespace_of(&body), &name).is_some() {
             return Err(ApiError::already_exists(&subject(resource, &name)));
         }
+        self.default_builtin(resource, &mut body, None)?;
         let (mut object, warnings) = self.admit(resource, body, options.validation)?;
         if options.apply {
             let config = object.clone();
@@ -601,6 +602,7 @@ impl Cluster {
         if resource.plural == "namespaces" && part == Part::Main {
             object["spec"] = old["spec"].clone();
         }
+        self.default_builtin(resource, &mut object, Some(&old))?;
         let (mut object, warnings) = self.admit(resource, object, options.validation)?;
         if resource.tracks_generation && spec_part(&object) != spec_part(&old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;

@@ -4,10 +4,14 @@
 //! kube-rs, Helm): [`LocalCluster::start`] serves the REST API over HTTPS (a fresh self-signed
 //! CA, written into a kubeconfig) and plain HTTP on loopback, with discovery, OpenAPI for
 //! custom resources, watches, patches, server-side apply, finalizers and garbage collection,
-//! and CRD schema enforcement ([`schema`]). It depends on no other crate of this workspace.
+//! and CRD schema enforcement ([`schema`]). With `Config::workloads` it also runs the default
+//! scheduler and the Deployment, ReplicaSet, Job and endpoints controllers and a TCP proxy per
+//! Service ([`workloads`]). It depends on no other crate of this workspace.
 
 pub mod api;
+pub mod binding;
 pub mod crd;
+pub mod defaults;
 pub mod discovery;
 pub mod gc;
 pub mod managed;
@@ -24,6 +28,7 @@ pub mod store;
 pub mod table;
 pub mod tls;
 pub mod watch;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -89,6 +94,9 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Run the default scheduler, the Deployment/ReplicaSet/Job/endpoints controllers and the
+    /// Service proxies ([`workloads`]).
+    pub workloads: bool,
 }
 
 impl Config {
@@ -102,6 +110,7 @@ impl Config {
             watch_history: 100_000,
             bookmark_interval: Duration::from_secs(15),
             max_body_bytes: 3 * 1024 * 1024,
+            workloads: true,
         }
     }
 }
@@ -192,6 +201,14 @@ fn restore(cluster: &mut Cluster, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The client the cluster's own controllers use: plain HTTP on loopback, no TLS to pay for.
+fn internal_client(http_addr: SocketAddr) -> Result<kube::Client, Error> {
+    let url = format!("http://{http_addr}")
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| Error::Client(e.to_string()))?;
+    kube::Client::try_from(kube::Config::new(url)).map_err(|e| Error::Client(e.to_string()))
+}
+
 impl LocalCluster {
     /// Start serving: generate certificates, bind both listeners, write the kubeconfig and
     /// build a client.
@@ -243,15 +260,18 @@ impl LocalCluster {
             },
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server::serve(
                 https,
                 Some(acceptor),
                 shared.clone(),
                 stopped.clone(),
             )),
-            tokio::spawn(server::serve(http, None, shared.clone(), stopped)),
+            tokio::spawn(server::serve(http, None, shared.clone(), stopped.clone())),
         ];
+        if config.workloads {
+            tasks.extend(workloads::spawn(internal_client(http_addr)?, &stopped));
+        }
 
         let kubeconfig_path = config.data_dir.join("kubeconfig");
         write_file(&kubeconfig_path, &kubeconfig(https_addr, &certs.ca_pem))?;
@@ -306,7 +326,7 @@ impl LocalCluster {
         self.shared.lock().store.len()
     }
 
-    /// Stop serving and, when persistence is on, save every object.
+    /// Stop serving (and every workload task) and, when persistence is on, save every object.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
@@ -324,5 +344,12 @@ impl LocalCluster {
             write_file(path, &serde_json::Value::Array(saved).to_string())?;
         }
         Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    /// Stop the listeners and workload tasks (Service proxies included) without saving.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }

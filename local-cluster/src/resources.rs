@@ -179,6 +179,14 @@ const BUILTINS: &[Builtin] = &[
         .with_status()
         .in_all(),
     builtin("", "v1", "Endpoints", "endpoints", true, &["ep"]),
+    builtin(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+        &[],
+    ),
     builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"]),
     builtin("", "v1", "Secret", "secrets", true, &[]),
     builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),

@@ -356,7 +356,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
     if let Some(sub) = &path.subresource {
         let served = (sub == "status" && resource.status_subresource)
-            || (sub == "scale" && resource.scale.is_some());
+            || (sub == "scale" && resource.scale.is_some())
+            || (sub == "binding" && resource.group.is_empty() && resource.plural == "pods");
         if !served {
             return Err(ApiError::no_route());
         }
@@ -399,6 +400,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         (Method::GET, false) => request.list(),
         (Method::GET, true) => request.get(),
         (Method::POST, false) => request.create(decoded_body(req, &shared).await?),
+        (method, true)
+            if request.path.subresource.as_deref() == Some("binding") && method != Method::POST =>
+        {
+            Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource: {method}"
+            )))
+        }
+        (Method::POST, true) if request.path.subresource.as_deref() == Some("binding") => {
+            request.bind(&decoded_body(req, &shared).await?)
+        }
         (Method::PUT, true) => request.update(decoded_body(req, &shared).await?),
         (Method::PATCH, true) => {
             let content_type = header(&req, CONTENT_TYPE).unwrap_or("").to_owned();
@@ -793,6 +804,18 @@ impl Call {
         let written = cluster.create(&self.resource, self.namespace(), body, &self.options)?;
         cluster.collect_garbage();
         Ok(self.single(201, &written.object, &written.warnings))
+    }
+
+    fn bind(&self, binding: &Value) -> Result<Response<Body>, ApiError> {
+        let mut cluster = self.shared.lock();
+        let status = cluster.bind(
+            &self.resource,
+            self.namespace(),
+            self.name(),
+            binding,
+            &self.options,
+        )?;
+        Ok(render(201, &status, Representation::Json, &[]))
     }
 
     fn update(&self, body: Value) -> Result<Response<Body>, ApiError> {
