@@ -23,8 +23,6 @@ pub mod replica_set;
 pub mod scheduler;
 pub mod service_proxy;
 
-use std::future::Future;
-
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -48,10 +46,8 @@ pub fn spawn(client: kube::Client, stop: &watch::Receiver<bool>) -> Vec<JoinHand
 }
 
 /// Resolves when `stop` turns true (or its sender is gone).
-fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The current time as Kubernetes writes timestamps.
@@ -191,7 +187,7 @@ mod tests {
         );
         assert_eq!(first, again);
         let flipped = condition(
-            &[first.clone()],
+            std::slice::from_ref(&first),
             "Available",
             false,
             "MinimumReplicasUnavailable",

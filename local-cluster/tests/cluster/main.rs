@@ -7,3 +7,4 @@ mod helm;
 mod kube_client;
 mod kubectl;
 mod request_path;
+mod workloads;
