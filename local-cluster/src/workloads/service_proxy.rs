@@ -144,8 +144,12 @@ async fn forward(mut inbound: TcpStream, backends: Vec<SocketAddr>) {
     }
 }
 
+/// Accept and forward connections; they live in this task's set, so ending the task (the
+/// Service went, or the cluster stops) closes them along with the listener.
 async fn accept_loop(listener: TcpListener, backends: Arc<Mutex<Backends>>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors, most likely: give connections in flight time to end.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -156,7 +160,7 @@ async fn accept_loop(listener: TcpListener, backends: Arc<Mutex<Backends>>) {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .rotation();
-        tokio::spawn(forward(stream, order));
+        connections.spawn(forward(stream, order));
     }
 }
 
@@ -237,10 +241,10 @@ pub async fn run(client: Client, stop: watch::Receiver<bool>) {
             }
         };
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             event = events.next() => {
                 if event.is_none() {
-                    return;
+                    break;
                 }
                 while let Some(Some(_)) = events.next().now_or_never() {}
             }
@@ -253,6 +257,11 @@ pub async fn run(client: Client, stop: watch::Receiver<bool>) {
         }
         let wanted = desired_listeners(&services.state(), &endpoints.state());
         retry = sync_listeners(&mut open, wanted).await;
+    }
+    // Wait for every listener to be closed, so the ports are free once the cluster stopped.
+    for (_, mut listener) in open.drain() {
+        listener.task.abort();
+        let _ = (&mut listener.task).await;
     }
 }
 

@@ -725,3 +725,41 @@ spec:
         "Endpoints go with their Service"
     );
 }
+
+#[tokio::test]
+async fn service_listeners_close_when_the_cluster_shuts_down() {
+    let h = Harness::start().await;
+    let client = h.cluster.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let server = tiny_server(78, 1, "only").await;
+    let mut p = pod("only", json!({"nodeName": "local-cpu"}));
+    p.metadata.labels = Some([("app".to_owned(), "only".to_owned())].into());
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    mark_running(&pods, "only", &server.ip().to_string()).await;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "only"},
+        "spec": {"selector": {"app": "only"}, "ports": [{"port": 18090, "targetPort": server.port()}]},
+    }))
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ip = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    let listen = format!("{ip}:18090");
+    let reply = eventually("the proxy to forward", || async {
+        exchange(&listen, "hi").await
+    })
+    .await;
+    assert_eq!(reply, "only:hi");
+
+    h.cluster.shutdown().await.unwrap();
+    assert!(
+        TcpStream::connect(&listen).await.is_err(),
+        "the listener is closed once shutdown returns"
+    );
+}
