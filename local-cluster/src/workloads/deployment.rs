@@ -23,14 +23,17 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::{
-    CONTROLLER_MANAGER, condition, conditions_of, controller_ref, is_controlled_by, selector_query,
-    stopped,
+    CONTROLLER_MANAGER, condition, conditions_of, controller_ref, is_controlled_by, record_event,
+    selector_query, stopped,
 };
 
 /// Label (and selector term) that tells the ReplicaSets of one Deployment apart.
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// Annotation with a ReplicaSet's revision, as `kubectl rollout history` reads it.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+
+/// The component named in events.
+const COMPONENT: &str = "deployment-controller";
 
 struct Context {
     client: Client,
@@ -227,8 +230,15 @@ fn new_replica_set(
     }
 }
 
-async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), kube::Error> {
-    if counts(rs).replicas == replicas {
+async fn scale(
+    ctx: &Context,
+    deployment: &Deployment,
+    api: &Api<ReplicaSet>,
+    rs: &ReplicaSet,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let current = counts(rs).replicas;
+    if current == replicas {
         return Ok(());
     }
     api.patch(
@@ -237,6 +247,20 @@ async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<
         &Patch::Merge(json!({"spec": {"replicas": replicas}})),
     )
     .await?;
+    let direction = if replicas > current { "up" } else { "down" };
+    let message = format!(
+        "Scaled {direction} replica set {} from {current} to {replicas}",
+        rs.name_any()
+    );
+    record_event(
+        &ctx.client,
+        deployment,
+        false,
+        "ScalingReplicaSet",
+        &message,
+        COMPONENT,
+    )
+    .await;
     Ok(())
 }
 
@@ -312,12 +336,27 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
                     )
                     .await?;
                 }
-                scale(&api, rs, new_replicas).await?;
+                scale(&ctx, &deployment, &api, rs, new_replicas).await?;
             }
             None => {
                 let rs = new_replica_set(&deployment, &hash, new_replicas, latest_revision + 1);
                 match api.create(&PostParams::default(), &rs).await {
-                    Ok(created) => new = Some(created),
+                    Ok(created) => {
+                        let message = format!(
+                            "Scaled up replica set {} from 0 to {new_replicas}",
+                            created.name_any()
+                        );
+                        record_event(
+                            &ctx.client,
+                            deployment.as_ref(),
+                            false,
+                            "ScalingReplicaSet",
+                            &message,
+                            COMPONENT,
+                        )
+                        .await;
+                        new = Some(created);
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 => {
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     }
@@ -326,7 +365,7 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             }
         }
         for (rs, replicas) in olds.iter().zip(old_replicas) {
-            scale(&api, rs, replicas).await?;
+            scale(&ctx, &deployment, &api, rs, replicas).await?;
         }
         delete_old_history(&api, &olds, spec.revision_history_limit.unwrap_or(10)).await?;
     }

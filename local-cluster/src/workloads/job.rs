@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::{
     CONTROLLER_MANAGER, condition, conditions_of, controller_ref, is_active, is_controlled_by,
-    is_ready, stopped, to_chrono,
+    is_ready, record_event, stopped, to_chrono,
 };
 
 /// Label with the owning Job's uid, by which its pods are found.
@@ -38,6 +38,9 @@ pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// Longest wait between retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// The component named in events.
+const COMPONENT: &str = "job-controller";
 
 struct Context {
     client: Client,
@@ -351,8 +354,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, kube::Err
     if let Decision::Run { create, .. } = decision {
         let pod = pod_from_template(&job);
         for _ in 0..create {
-            pods_api.create(&PostParams::default(), &pod).await?;
+            let made = pods_api.create(&PostParams::default(), &pod).await?;
             created += 1;
+            let message = format!("Created pod: {}", made.name_any());
+            record_event(
+                &ctx.client,
+                job.as_ref(),
+                false,
+                "SuccessfulCreate",
+                &message,
+                COMPONENT,
+            )
+            .await;
         }
     }
 
@@ -396,6 +409,23 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, kube::Err
     ]
     .iter()
     .all(|f| previous[f] == status[f] || (previous[f].is_null() && status[f] == json!(0)));
+    match &decision {
+        Decision::Complete => {
+            record_event(
+                &ctx.client,
+                job.as_ref(),
+                false,
+                "Completed",
+                "Job completed",
+                COMPONENT,
+            )
+            .await;
+        }
+        Decision::Failed { reason, message } => {
+            record_event(&ctx.client, job.as_ref(), true, reason, message, COMPONENT).await;
+        }
+        Decision::Run { .. } => {}
+    }
     if !unchanged {
         jobs.patch_status(
             &job.name_any(),

@@ -23,7 +23,7 @@ pub mod replica_set;
 pub mod scheduler;
 pub mod service_proxy;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde_json::{Value, json};
@@ -48,6 +48,48 @@ pub fn spawn(client: kube::Client, stop: &watch::Receiver<bool>) -> Vec<JoinHand
 /// Resolves when `stop` turns true (or its sender is gone).
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Record a core/v1 Event about `object` (what `kubectl describe` lists). Events are
+/// best-effort, as on a real cluster: a failure to record one is only logged.
+async fn record_event<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    object: &K,
+    warning: bool,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let meta = object.meta();
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let name = meta.name.clone().unwrap_or_default();
+    let now = now();
+    let event = json!({
+        "metadata": {"generateName": format!("{name}."), "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "name": name,
+            "namespace": meta.namespace, "uid": meta.uid,
+        },
+        "type": if warning { "Warning" } else { "Normal" },
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    let Ok(event) = serde_json::from_value::<Event>(event) else {
+        return;
+    };
+    let events: kube::Api<Event> = kube::Api::namespaced(client.clone(), &namespace);
+    if let Err(error) = events.create(&Default::default(), &event).await {
+        tracing::debug!(%error, reason, "recording an event failed");
+    }
 }
 
 /// The current time as Kubernetes writes timestamps.

@@ -19,8 +19,11 @@ use tokio::sync::watch;
 
 use super::{
     CONTROLLER_MANAGER, controller_ref, is_active, is_controlled_by, is_ready, ready_since,
-    selector_query, stopped,
+    record_event, selector_query, stopped,
 };
+
+/// The component named in events.
+const COMPONENT: &str = "replicaset-controller";
 
 /// Most pods created or deleted in one pass (the rest follow on the next).
 const BURST: usize = 100;
@@ -128,13 +131,34 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
     if active.len() < desired {
         let pod = pod_from_template(&rs);
         for _ in 0..(desired - active.len()).min(BURST) {
-            pods.create(&PostParams::default(), &pod).await?;
+            let created = pods.create(&PostParams::default(), &pod).await?;
+            let message = format!("Created pod: {}", created.name_any());
+            record_event(
+                &ctx.client,
+                rs.as_ref(),
+                false,
+                "SuccessfulCreate",
+                &message,
+                COMPONENT,
+            )
+            .await;
         }
     } else if active.len() > desired {
         active.sort_by_cached_key(deletion_rank);
         for pod in active.iter().take((active.len() - desired).min(BURST)) {
             match pods.delete(&pod.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    let message = format!("Deleted pod: {}", pod.name_any());
+                    record_event(
+                        &ctx.client,
+                        rs.as_ref(),
+                        false,
+                        "SuccessfulDelete",
+                        &message,
+                        COMPONENT,
+                    )
+                    .await;
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(error) => return Err(error),
             }

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::placement::{self, NodeState, Resources};
-use super::{now, stopped, to_chrono};
+use super::{now, record_event, stopped, to_chrono};
 
 /// Field manager of the scheduler's writes, as on a real cluster.
 const SCHEDULER: &str = "kube-scheduler";
@@ -180,7 +180,11 @@ async fn bind(client: &Client, pod: &Pod, node_name: &str) -> Result<(), kube::E
         &binding,
     )
     .await?;
-    tracing::debug!(pod = %pod.name_any(), node = node_name, "bound");
+    let message = format!(
+        "Successfully assigned {namespace}/{} to {node_name}",
+        pod.name_any()
+    );
+    record_event(client, pod, false, "Scheduled", &message, SCHEDULER).await;
     Ok(())
 }
 
@@ -221,5 +225,6 @@ async fn mark_unschedulable(client: &Client, pod: &Pod, message: &str) -> Result
         &Patch::Strategic(json!({"status": status})),
     )
     .await?;
+    record_event(client, pod, true, "FailedScheduling", message, SCHEDULER).await;
     Ok(())
 }

@@ -239,6 +239,11 @@ async fn gpu_pods_go_to_the_gpu_node_only_when_they_tolerate_its_taint() {
         .await;
     assert_eq!(shown, format!("Pending {expected}"));
     assert_eq!(node_of(&pods.get("careless").await.unwrap()), "");
+    let described = h.kubectl_ok(&["describe", "pod", "careless"]).await;
+    assert!(
+        described.contains("FailedScheduling") && described.contains(expected),
+        "{described}"
+    );
 
     let pinned = pods.get("pinned").await.unwrap();
     assert_eq!(node_of(&pinned), "local-cpu");
@@ -418,6 +423,12 @@ async fn deployments_roll_out_scale_and_go_with_their_replica_sets_and_pods() {
         (d["status"]["readyReplicas"] == 3 && d["status"]["availableReplicas"] == 3).then_some(())
     })
     .await;
+
+    let described = h.kubectl_ok(&["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set web-"),
+        "{described}"
+    );
 
     h.kubectl_ok(&["delete", "deployment", "web"]).await;
     eventually("the ReplicaSets and pods to be collected", || async {
