@@ -83,13 +83,16 @@ impl Cluster {
             ("batch", "jobs") => default_job(resource, object, old),
             ("apps", "deployments") => {
                 default_deployment(object);
-                Ok(())
+                check_selector(resource, object)
             }
             ("apps", "replicasets") => {
+                if !object["spec"].is_object() {
+                    object["spec"] = json!({});
+                }
                 if object["spec"]["replicas"].is_null() {
                     object["spec"]["replicas"] = json!(1);
                 }
-                Ok(())
+                check_selector(resource, object)
             }
             _ => Ok(()),
         }
@@ -195,6 +198,49 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// A workload's `spec.selector` must be given and select its own template's pods; otherwise
+/// its controller would create pods it never counts.
+fn check_selector(resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    let selector = &object["spec"]["selector"];
+    let labels = &object["spec"]["template"]["metadata"]["labels"];
+    let match_labels = selector["matchLabels"].as_object();
+    let expressions = selector["matchExpressions"].as_array();
+    if match_labels.is_none_or(|m| m.is_empty()) && expressions.is_none_or(|e| e.is_empty()) {
+        return Err(invalid(resource, object, "spec.selector", Cause::Required));
+    }
+    let label = |key: &str| labels[key].as_str();
+    let by_labels = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let by_expressions = expressions.into_iter().flatten().all(|e| {
+        let key = e["key"].as_str().unwrap_or("");
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match e["operator"].as_str() {
+            Some("In") => label(key).is_some_and(|l| values.contains(&l)),
+            Some("NotIn") => label(key).is_none_or(|l| !values.contains(&l)),
+            Some("Exists") => label(key).is_some(),
+            Some("DoesNotExist") => label(key).is_none(),
+            _ => false,
+        }
+    });
+    if by_labels && by_expressions {
+        return Ok(());
+    }
+    Err(invalid(
+        resource,
+        object,
+        "spec.template.metadata.labels",
+        Cause::Invalid {
+            value: labels.clone(),
+            detail: "`selector` does not match template `labels`".to_owned(),
+        },
+    ))
 }
 
 /// Labels the API server puts on a Job's pod template (and selects its pods by).
@@ -305,6 +351,45 @@ fn default_deployment(object: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selector_must_select_the_template() {
+        let resource = crate::resources::Registry::with_builtins()
+            .get("apps", "v1", "deployments")
+            .unwrap();
+        let deployment = |selector: Value| {
+            json!({"metadata": {"name": "d"}, "spec": {"selector": selector,
+                   "template": {"metadata": {"labels": {"app": "web", "tier": "a"}}}}})
+        };
+        assert!(
+            check_selector(
+                &resource,
+                &deployment(json!({"matchLabels": {"app": "web"}}))
+            )
+            .is_ok()
+        );
+        let expressions =
+            json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]});
+        assert!(check_selector(&resource, &deployment(expressions)).is_ok());
+        let error = check_selector(
+            &resource,
+            &deployment(json!({"matchLabels": {"app": "db"}})),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .message
+                .contains("`selector` does not match template `labels`"),
+            "{}",
+            error.message
+        );
+        let error = check_selector(&resource, &deployment(json!(null))).unwrap_err();
+        assert!(
+            error.message.contains("spec.selector: Required value"),
+            "{}",
+            error.message
+        );
+    }
 
     #[test]
     fn allocated_cluster_ips_are_in_range_and_free() {

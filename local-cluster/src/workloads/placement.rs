@@ -17,7 +17,8 @@ pub type Resources = BTreeMap<String, Milli>;
 /// The scheduler name pods get when they name none.
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
-/// Whether the default scheduler is responsible for placing `pod`.
+/// Whether the default scheduler is responsible for placing `pod` now (scheduling gates hold
+/// it back until they are removed).
 pub fn wants_default_scheduler(pod: &Pod) -> bool {
     let Some(spec) = &pod.spec else { return false };
     let unplaced = spec.node_name.as_deref().unwrap_or("").is_empty();

@@ -430,6 +430,17 @@ async fn deployments_roll_out_scale_and_go_with_their_replica_sets_and_pods() {
         "{described}"
     );
 
+    // A selector that misses its own template would make pods nobody counts: refused.
+    let stray = DEPLOYMENT
+        .replace("name: web\n", "name: stray\n")
+        .replace("matchLabels: {app: web}", "matchLabels: {app: other}");
+    let output = h.kubectl_with(&["apply", "-f", "-"], Some(&stray)).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`selector` does not match template `labels`"),
+        "{stderr}"
+    );
+
     h.kubectl_ok(&["delete", "deployment", "web"]).await;
     eventually("the ReplicaSets and pods to be collected", || async {
         let sets = replica_sets
