@@ -280,6 +280,19 @@ fn default_job(
             cause,
         ));
     }
+    if object["spec"]["completionMode"] == "Indexed" && object["spec"]["completions"].is_null() {
+        return Err(invalid(
+            resource,
+            object,
+            "spec.completions",
+            Cause::Invalid {
+                value: Value::Null,
+                detail:
+                    "must be greater than or equal to 0 and set when completion mode is Indexed"
+                        .to_owned(),
+            },
+        ));
+    }
     let labels = job_labels(object);
     let spec = &mut object["spec"];
     match old {

@@ -2,20 +2,22 @@
 //! without `completions`, until one succeeds and the rest finish), at most `parallelism` at a
 //! time. Failed pods (and, with `restartPolicy: OnFailure`, container restarts) count against
 //! `backoffLimit`, and each retry waits an exponential back-off (10s doubling, at most 10
-//! minutes) after the last failure. `activeDeadlineSeconds` ends the Job. Status carries
+//! minutes) after the last failure. `activeDeadlineSeconds` ends the Job. An `Indexed` Job
+//! runs one pod per completion index (annotation, label, hostname and `JOB_COMPLETION_INDEX`)
+//! and reports `completedIndexes`. Status carries
 //! `active`, `ready`, `succeeded`, `failed`, `startTime`, `completionTime` and the conditions
 //! `Complete` and `Failed` (reasons `BackoffLimitExceeded`, `DeadlineExceeded`) that
 //! `kubectl wait --for=condition=complete` reads; `ttlSecondsAfterFinished` deletes a finished
 //! Job and its pods. The decision is [`decide`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -33,6 +35,9 @@ use super::{
 pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// Label with the owning Job's name.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// Annotation (and label) with an Indexed Job pod's completion index.
+pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// Wait before the first retry; it doubles with each further failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -195,7 +200,56 @@ fn finished_at(pod: &Pod) -> Option<DateTime<Utc>> {
         .or_else(|| pod.creation_timestamp().as_ref().map(to_chrono))
 }
 
-fn observe(pods: &[Pod]) -> Observed {
+/// The completion index of a pod of an Indexed Job.
+fn completion_index(pod: &Pod) -> Option<i32> {
+    pod.annotations().get(COMPLETION_INDEX)?.parse().ok()
+}
+
+/// Indexes (below `completions`) with a pod that succeeded.
+fn succeeded_indexes(pods: &[Pod], completions: i32) -> BTreeSet<i32> {
+    pods.iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        .filter_map(completion_index)
+        .filter(|i| (0..completions).contains(i))
+        .collect()
+}
+
+/// Indexes that neither succeeded nor have an active pod, lowest first.
+pub fn missing_indexes(pods: &[Pod], completions: i32) -> Vec<i32> {
+    let succeeded = succeeded_indexes(pods, completions);
+    let active: BTreeSet<i32> = pods
+        .iter()
+        .filter(|p| is_active(p))
+        .filter_map(completion_index)
+        .collect();
+    (0..completions)
+        .filter(|i| !succeeded.contains(i) && !active.contains(i))
+        .collect()
+}
+
+/// `status.completedIndexes`: ranges of consecutive indexes, e.g. `0-2,4`.
+pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
+    let mut ranges: Vec<(i32, i32)> = Vec::new();
+    for &i in indexes {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == i => *end = i,
+            _ => ranges.push((i, i)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn observe(pods: &[Pod], indexed_completions: Option<i32>) -> Observed {
     let phase = |p: &Pod| {
         p.status
             .as_ref()
@@ -212,7 +266,10 @@ fn observe(pods: &[Pod]) -> Observed {
         .map(|c| c.restart_count)
         .sum();
     Observed {
-        succeeded: pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32,
+        succeeded: match indexed_completions {
+            Some(completions) => succeeded_indexes(pods, completions).len() as i32,
+            None => pods.iter().filter(|p| phase(p) == "Succeeded").count() as i32,
+        },
         failed: failed.len() as i32,
         restarts,
         active: active.len() as i32,
@@ -220,8 +277,10 @@ fn observe(pods: &[Pod]) -> Observed {
     }
 }
 
-/// The pod the Job creates from its template, labelled so the Job finds it.
-pub fn pod_from_template(job: &Job) -> Pod {
+/// The pod the Job creates from its template, labelled so the Job finds it; in an Indexed
+/// Job it carries its completion index (annotation, label, hostname and the
+/// `JOB_COMPLETION_INDEX` variable).
+pub fn pod_from_template(job: &Job, index: Option<i32>) -> Pod {
     let template = job.spec.clone().unwrap_or_default().template;
     let template_meta = template.metadata.unwrap_or_default();
     let mut labels: BTreeMap<String, String> = template_meta.labels.unwrap_or_default();
@@ -234,16 +293,44 @@ pub fn pod_from_template(job: &Job) -> Pod {
     ] {
         labels.insert(key.to_owned(), value.to_owned());
     }
+    let mut annotations = template_meta.annotations;
+    let mut spec = template.spec;
+    let mut generate_name = format!("{}-", job.name_any());
+    if let Some(index) = index {
+        labels.insert(COMPLETION_INDEX.to_owned(), index.to_string());
+        annotations
+            .get_or_insert_with(Default::default)
+            .insert(COMPLETION_INDEX.to_owned(), index.to_string());
+        generate_name = format!("{}-{index}-", job.name_any());
+        if let Some(spec) = spec.as_mut() {
+            spec.hostname = Some(format!("{}-{index}", job.name_any()));
+            let variable: EnvVar = serde_json::from_value(json!({
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {"fieldRef": {"fieldPath": format!("metadata.annotations['{COMPLETION_INDEX}']")}},
+            }))
+            .unwrap_or_default();
+            let containers = spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten());
+            for container in containers {
+                let env = container.env.get_or_insert_with(Vec::new);
+                if !env.iter().any(|e| e.name == variable.name) {
+                    env.push(variable.clone());
+                }
+            }
+        }
+    }
     Pod {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
+            generate_name: Some(generate_name),
             namespace: job.namespace(),
             labels: Some(labels),
-            annotations: template_meta.annotations,
+            annotations,
             owner_references: Some(vec![controller_ref(job)]),
             ..ObjectMeta::default()
         },
-        spec: template.spec,
+        spec,
         status: None,
     }
 }
@@ -309,7 +396,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, kube::Err
         .into_iter()
         .filter(|p| is_controlled_by(&p.metadata, &uid))
         .collect();
-    let observed = observe(&pods);
+    let indexed =
+        (spec.completion_mode.as_deref() == Some("Indexed")).then(|| spec.completions.unwrap_or(1));
+    let observed = observe(&pods, indexed);
     let started: DateTime<Utc> = previous["startTime"]
         .as_str()
         .and_then(|t| t.parse().ok())
@@ -352,8 +441,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, kube::Err
     }
     let mut created = 0;
     if let Decision::Run { create, .. } = decision {
-        let pod = pod_from_template(&job);
-        for _ in 0..create {
+        let indexes: Vec<Option<i32>> = match indexed {
+            Some(completions) => missing_indexes(&pods, completions)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None; usize::try_from(create).unwrap_or(0)],
+        };
+        for index in indexes
+            .into_iter()
+            .take(usize::try_from(create).unwrap_or(0))
+        {
+            let pod = pod_from_template(&job, index);
             let made = pods_api.create(&PostParams::default(), &pod).await?;
             created += 1;
             let message = format!("Created pod: {}", made.name_any());
@@ -377,6 +476,9 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, kube::Err
         "succeeded": observed.succeeded,
         "failed": observed.failed,
     });
+    if let Some(completions) = indexed {
+        status["completedIndexes"] = json!(index_ranges(&succeeded_indexes(&pods, completions)));
+    }
     let mut conditions = previous_conditions.clone();
     match &decision {
         Decision::Complete => {
@@ -566,6 +668,41 @@ mod tests {
                 message: "Job was active longer than specified deadline"
             }
         );
+    }
+
+    #[test]
+    fn indexed_jobs_fill_the_lowest_missing_indexes_and_report_ranges() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "gang", "namespace": "default", "uid": "u"},
+            "spec": {"completions": 4, "completionMode": "Indexed", "template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "main", "image": "aigc-worker"}]}}},
+        }))
+        .unwrap();
+        let with_phase = |index: i32, phase: &str| {
+            let mut pod = pod_from_template(&job, Some(index));
+            pod.status = Some(serde_json::from_value(json!({"phase": phase})).unwrap());
+            pod
+        };
+        let pod = pod_from_template(&job, Some(2));
+        assert_eq!(pod.annotations()[COMPLETION_INDEX], "2");
+        assert_eq!(
+            pod.spec.as_ref().unwrap().hostname.as_deref(),
+            Some("gang-2")
+        );
+        let env = pod.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert_eq!(env[0].name, "JOB_COMPLETION_INDEX");
+        let pods = [
+            with_phase(0, "Succeeded"),
+            with_phase(1, "Running"),
+            with_phase(3, "Failed"),
+        ];
+        assert_eq!(missing_indexes(&pods, 4), vec![2, 3]);
+        assert_eq!(observe(&pods, Some(4)).succeeded, 1);
+        let done: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into();
+        assert_eq!(index_ranges(&done), "0-2,4,6-7");
     }
 
     #[test]

@@ -514,6 +514,56 @@ async fn jobs_complete_and_fail_after_their_backoff_limit_or_deadline() {
         ok["metadata"]["uid"]
     );
 
+    // An Indexed Job runs one pod per index, each with its index.
+    let indexed = json!({"completions": 2, "parallelism": 2, "completionMode": "Indexed"});
+    h.kubectl_stdin_ok(&["apply", "-f", "-"], Some(&job("gang", indexed)))
+        .await;
+    let gang = eventually("both pods of the Indexed Job", || async {
+        let running = running_job_pods(&client, "gang").await;
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    let indexes: BTreeSet<String> = gang
+        .iter()
+        .map(|p| p.annotations()["batch.kubernetes.io/job-completion-index"].clone())
+        .collect();
+    assert_eq!(indexes, BTreeSet::from(["0".to_owned(), "1".to_owned()]));
+    for pod in &gang {
+        mark_exited(&pods, &pod.name_any(), 0).await;
+    }
+    h.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/gang",
+        "--timeout=60s",
+    ])
+    .await;
+    assert_eq!(
+        h.get_json(&["job", "gang"]).await["status"]["completedIndexes"],
+        "0-1"
+    );
+
+    // ttlSecondsAfterFinished: 0 removes a finished Job and its pods.
+    h.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        Some(&job("brief", json!({"ttlSecondsAfterFinished": 0}))),
+    )
+    .await;
+    let brief = eventually("the pod of the short-lived Job", || async {
+        running_job_pods(&client, "brief").await.into_iter().next()
+    })
+    .await;
+    mark_exited(&pods, &brief.name_any(), 0).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    eventually("the finished Job to be deleted after its TTL", || async {
+        let gone = jobs.get_opt("brief").await.unwrap().is_none();
+        let pods_gone = owned_pods(&client, "batch.kubernetes.io/job-name=brief")
+            .await
+            .is_empty();
+        (gone && pods_gone).then_some(())
+    })
+    .await;
+
     // backoffLimit 1: the second failure ends it, after one back-off.
     h.kubectl_stdin_ok(
         &["apply", "-f", "-"],
