@@ -273,13 +273,23 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     let spec = deployment.spec.clone().unwrap_or_default();
     let desired = spec.replicas.unwrap_or(1);
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut owned: Vec<ReplicaSet> = api
+    let selected = api
         .list(&ListParams::default().labels(&selector_query(&spec.selector)))
         .await?
-        .items
-        .into_iter()
-        .filter(|rs| is_controlled_by(&rs.metadata, &uid))
-        .collect();
+        .items;
+    let mut owned = Vec::new();
+    for rs in selected {
+        if is_controlled_by(&rs.metadata, &uid) {
+            owned.push(rs);
+        } else if !rs
+            .owner_references()
+            .iter()
+            .any(|r| r.controller == Some(true))
+        {
+            // Orphans matching the selector are adopted, as after `--cascade=orphan`.
+            owned.push(adopt(&api, &deployment, &rs).await?);
+        }
+    }
     owned.sort_by_key(|rs| {
         (
             rs.creation_timestamp().as_ref().map(super::to_chrono),
@@ -358,7 +368,10 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
                         new = Some(created);
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {
-                        return Ok(Action::requeue(Duration::from_millis(200)));
+                        // Taken by a ReplicaSet this Deployment does not control and cannot
+                        // adopt (another controller owns it, or its labels differ).
+                        tracing::warn!(deployment = %deployment.name_any(), replicaset = %rs.name_any(), "the ReplicaSet name for the current template is taken");
+                        return Ok(Action::requeue(Duration::from_secs(5)));
                     }
                     Err(error) => return Err(error),
                 }
@@ -368,6 +381,23 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             scale(&ctx, &deployment, &api, rs, replicas).await?;
         }
         delete_old_history(&api, &olds, spec.revision_history_limit.unwrap_or(10)).await?;
+    }
+
+    // The Deployment carries its current revision, as `kubectl rollout history/undo` expect.
+    let current_revision = new
+        .as_ref()
+        .map(|rs| revision(rs).max(latest_revision + 1).to_string());
+    if let Some(current) = current_revision
+        && deployment.annotations().get(REVISION_ANNOTATION) != Some(&current)
+    {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+        deployments
+            .patch(
+                &deployment.name_any(),
+                &PatchParams::apply(CONTROLLER_MANAGER),
+                &Patch::Merge(json!({"metadata": {"annotations": {REVISION_ANNOTATION: current}}})),
+            )
+            .await?;
     }
 
     let sum = |f: fn(&ReplicaSet) -> i32| -> i32 { new.iter().chain(olds.iter()).map(f).sum() };
@@ -460,6 +490,22 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             .await?;
     }
     Ok(Action::await_change())
+}
+
+/// Make an orphaned ReplicaSet this Deployment's own.
+async fn adopt(
+    api: &Api<ReplicaSet>,
+    deployment: &Deployment,
+    rs: &ReplicaSet,
+) -> Result<ReplicaSet, kube::Error> {
+    let mut owners = rs.owner_references().to_vec();
+    owners.push(controller_ref(deployment));
+    api.patch(
+        &rs.name_any(),
+        &PatchParams::apply(CONTROLLER_MANAGER),
+        &Patch::Merge(json!({"metadata": {"ownerReferences": owners, "resourceVersion": rs.resource_version()}})),
+    )
+    .await
 }
 
 /// Delete scaled-down old ReplicaSets beyond the history limit, oldest revision first.

@@ -441,6 +441,36 @@ async fn deployments_roll_out_scale_and_go_with_their_replica_sets_and_pods() {
         "{stderr}"
     );
 
+    // Orphaned ReplicaSets are adopted by the next Deployment that selects them.
+    h.kubectl_ok(&["delete", "deployment", "web", "--cascade=orphan"])
+        .await;
+    assert_eq!(
+        replica_sets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    h.kubectl_stdin_ok(&["apply", "-f", "-"], Some(DEPLOYMENT))
+        .await;
+    h.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let uid = h.get_json(&["deployment", "web"]).await["metadata"]["uid"].clone();
+    let sets = eventually("both ReplicaSets to be adopted", || async {
+        let sets = replica_sets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items;
+        sets.iter()
+            .all(|rs| rs.owner_references().iter().any(|r| r.uid == uid))
+            .then_some(sets)
+    })
+    .await;
+    assert_eq!(sets.len(), 2, "adopted, not duplicated");
+
     h.kubectl_ok(&["delete", "deployment", "web"]).await;
     eventually("the ReplicaSets and pods to be collected", || async {
         let sets = replica_sets
