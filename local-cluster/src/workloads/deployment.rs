@@ -4,7 +4,9 @@
 //! `maxSurge`/`maxUnavailable` (or all at once with `Recreate`); scaling resizes the current
 //! one. Status carries `replicas`, `updatedReplicas`, `readyReplicas`, `availableReplicas`,
 //! `observedGeneration` and the `Available`/`Progressing` conditions that
-//! `kubectl rollout status` and `kubectl wait` read. Old ReplicaSets beyond
+//! `kubectl rollout status` and `kubectl wait` read (`Progressing=False`, reason
+//! `ProgressDeadlineExceeded`, once pod counts stop changing for `progressDeadlineSeconds`
+//! before the rollout completes). Orphaned ReplicaSets it selects are adopted; ReplicaSets beyond
 //! `revisionHistoryLimit` are deleted. The rollout arithmetic is [`rolling_update`].
 
 use std::sync::Arc;
@@ -442,6 +444,35 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     };
     let complete =
         updated == desired && replicas == desired && available >= desired && old_pods == 0;
+    // Progress is any change in the pod counts; a rollout without any for
+    // `progressDeadlineSeconds` is reported as stuck (and `kubectl rollout status` fails).
+    let counts_now = [replicas, updated, ready, available];
+    let counts_before = [
+        "replicas",
+        "updatedReplicas",
+        "readyReplicas",
+        "availableReplicas",
+    ]
+    .map(|f| previous[f].as_i64().unwrap_or(0) as i32);
+    let progressed = counts_now != counts_before
+        || previous["observedGeneration"].as_i64() != deployment.metadata.generation;
+    let previous_progressing = previous_conditions
+        .iter()
+        .find(|c| c["type"] == "Progressing");
+    let already_stuck =
+        previous_progressing.is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded");
+    let last_progress = previous_progressing
+        .and_then(|c| c["lastUpdateTime"].as_str())
+        .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    let deadline = spec
+        .progress_deadline_seconds
+        .map(|s| chrono::Duration::seconds(i64::from(s)));
+    let now = chrono::Utc::now();
+    let stuck_at = match (progressed, last_progress, deadline) {
+        (false, Some(last), Some(deadline)) => Some(last + deadline),
+        _ => None,
+    };
+    let mut wake = None;
     let progressing = if complete {
         condition(
             &previous_conditions,
@@ -450,14 +481,30 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             "NewReplicaSetAvailable",
             &format!("ReplicaSet \"{new_name}\" has successfully progressed."),
         )
-    } else {
+    } else if !paused && !progressed && (already_stuck || stuck_at.is_some_and(|at| now >= at)) {
         condition(
+            &previous_conditions,
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+        )
+    } else {
+        let mut c = condition(
             &previous_conditions,
             "Progressing",
             true,
             "ReplicaSetUpdated",
             &format!("ReplicaSet \"{new_name}\" is progressing."),
-        )
+        );
+        if progressed {
+            c["lastUpdateTime"] = json!(super::now());
+        }
+        wake = match (progressed, deadline) {
+            (true, Some(deadline)) => Some(now + deadline),
+            _ => stuck_at,
+        };
+        c
     };
     let status = json!({
         "observedGeneration": deployment.metadata.generation,
@@ -489,7 +536,12 @@ async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             )
             .await?;
     }
-    Ok(Action::await_change())
+    Ok(match wake {
+        Some(at) if !paused => Action::requeue(
+            (at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(10),
+        ),
+        _ => Action::await_change(),
+    })
 }
 
 /// Make an orphaned ReplicaSet this Deployment's own.

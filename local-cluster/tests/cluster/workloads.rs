@@ -865,3 +865,35 @@ async fn service_listeners_close_when_the_cluster_shuts_down() {
         "the listener is closed once shutdown returns"
     );
 }
+
+#[tokio::test]
+async fn a_rollout_that_makes_no_progress_exceeds_its_deadline() {
+    let h = Harness::start().await;
+    create_nodes(&h.cluster.client()).await;
+    // Nobody makes these pods Ready, so the rollout cannot progress.
+    let stuck = DEPLOYMENT.replace(
+        "  replicas: 2\n",
+        "  replicas: 1\n  progressDeadlineSeconds: 1\n",
+    );
+    h.kubectl_stdin_ok(&["apply", "-f", "-"], Some(&stuck))
+        .await;
+    let output = h
+        .kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("deployment \"web\" exceeded its progress deadline"),
+        "{stderr}"
+    );
+    let deployment = h.get_json(&["deployment", "web"]).await;
+    let progressing = deployment["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Progressing")
+        .unwrap()
+        .clone();
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
+}
