@@ -90,12 +90,12 @@ async fn schedule_pending(
         .iter()
         .map(|n| NodeState::new((**n).clone()))
         .collect();
-    let bound_by_uid: HashMap<String, &Pod> = pods
+    let by_uid: HashMap<String, &Pod> = pods
         .iter()
         .map(|p| (p.uid().unwrap_or_default(), p.as_ref()))
         .collect();
     assumed.retain(|uid, _| {
-        bound_by_uid.get(uid).is_some_and(|p| {
+        by_uid.get(uid).is_some_and(|p| {
             p.spec
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref())
