@@ -23,7 +23,7 @@ const PODS: usize = 500;
 fn node(i: usize) -> Node {
     serde_json::from_value(json!({
         "metadata": {"name": format!("node-{i:03}"), "labels": {"zone": format!("z{}", i % 3)}},
-        "spec": {"taints": if i % 4 == 0 { json!([{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]) } else { json!([]) }},
+        "spec": {"taints": if i.is_multiple_of(4) { json!([{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]) } else { json!([]) }},
         "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "300", "nvidia.com/gpu": "8"}},
     }))
     .expect("a valid Node")
