@@ -1000,3 +1000,363 @@ fn log_write_error(error: &Error) {
         tracing::warn!(%error, "could not record a scheduling decision");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aigc_crds::inference_service::InferenceServiceSpec;
+    use aigc_crds::model::{ModelSpec, ModelStatus};
+    use aigc_crds::training_job::{TrainingJobSpec, WorkloadPlacement};
+    use chrono::TimeZone;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::scheduler::{Bytes, Gpus, Millicores};
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap()
+    }
+
+    fn node(name: &str, gpus: u32) -> Arc<core::Node> {
+        let mut allocatable = BTreeMap::from([
+            ("cpu".to_owned(), Quantity("8".into())),
+            ("memory".to_owned(), Quantity("32Gi".into())),
+        ]);
+        let mut taints = None;
+        if gpus > 0 {
+            allocatable.insert(GPU_RESOURCE.to_owned(), Quantity(gpus.to_string()));
+            taints = Some(vec![core::Taint {
+                key: GPU_RESOURCE.into(),
+                value: Some("present".into()),
+                effect: "NoSchedule".into(),
+                time_added: None,
+            }]);
+        }
+        Arc::new(core::Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(core::NodeSpec {
+                taints,
+                ..core::NodeSpec::default()
+            }),
+            status: Some(core::NodeStatus {
+                allocatable: Some(allocatable),
+                ..core::NodeStatus::default()
+            }),
+        })
+    }
+
+    fn job(
+        name: &str,
+        phase: TrainingJobPhase,
+        placement: Option<(&str, Accelerator)>,
+    ) -> Arc<TrainingJob> {
+        let spec: TrainingJobSpec = serde_json::from_value(serde_json::json!({
+            "datasetRef": {"name": "data"},
+            "output": {"modelName": "m", "version": "1"},
+            "architecture": "mlp",
+            "resources": {"accelerator": "gpu", "gpus": 1, "cpu": "1", "memory": "1Gi"},
+            "queue": "default", "priority": 5
+        }))
+        .unwrap();
+        let mut job = TrainingJob::new(name, spec);
+        job.metadata.namespace = Some("ml".into());
+        job.status = Some(TrainingJobStatus {
+            phase: Some(phase),
+            placement: placement.map(|(node, accelerator)| WorkloadPlacement {
+                nodes: vec![node.to_owned()],
+                accelerator: Some(accelerator),
+            }),
+            ..TrainingJobStatus::default()
+        });
+        Arc::new(job)
+    }
+
+    fn service(replicas: u32, placed: &[&str]) -> Arc<InferenceService> {
+        let spec: InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "modelRef": {"name": "chat"}, "replicas": replicas,
+            "resources": {"accelerator": "auto", "cpu": "1", "memory": "1Gi"}
+        }))
+        .unwrap();
+        let mut service = InferenceService::new("chat", spec);
+        service.metadata.namespace = Some("ml".into());
+        if !placed.is_empty() {
+            service.status = Some(InferenceServiceStatus {
+                placement: Some(WorkloadPlacement {
+                    nodes: placed.iter().map(|n| (*n).to_owned()).collect(),
+                    accelerator: Some(Accelerator::Gpu),
+                }),
+                ..InferenceServiceStatus::default()
+            });
+        }
+        Arc::new(service)
+    }
+
+    fn model(ready: bool) -> Arc<Model> {
+        let spec: ModelSpec = serde_json::from_value(serde_json::json!({
+            "source": {"pvc": {"claimName": "models"}}, "format": "gguf",
+            "architecture": "llama", "task": "text-generation", "version": "1"}))
+        .unwrap();
+        let mut model = Model::new("chat", spec);
+        model.metadata.namespace = Some("ml".into());
+        model.status = Some(ModelStatus {
+            phase: Some(if ready {
+                ModelPhase::Ready
+            } else {
+                ModelPhase::Verifying
+            }),
+            ..ModelStatus::default()
+        });
+        Arc::new(model)
+    }
+
+    fn worker_pod(name: &str, labels: &[(&str, &str)], node: &str, gpus: u32) -> Arc<core::Pod> {
+        let requests = BTreeMap::from([(GPU_RESOURCE.to_owned(), Quantity(gpus.to_string()))]);
+        Arc::new(core::Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ml".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            spec: Some(core::PodSpec {
+                node_name: Some(node.into()),
+                containers: vec![core::Container {
+                    name: "worker".into(),
+                    resources: Some(core::ResourceRequirements {
+                        requests: Some(requests),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        })
+    }
+
+    fn input(
+        jobs: &[Arc<TrainingJob>],
+        services: &[Arc<InferenceService>],
+        pods: &[Arc<core::Pod>],
+        models: &[Arc<Model>],
+    ) -> SchedulingInput {
+        let nodes = [node("local-cpu", 0), node("local-gpu", 2)];
+        let observed = Observed {
+            nodes: &nodes,
+            pods,
+            jobs,
+            services,
+            models,
+        };
+        scheduling_input(
+            observed,
+            &SchedulerConfig::default(),
+            SystemTime::from(now()),
+        )
+    }
+
+    #[test]
+    fn operator_pods_name_their_workload_queue_and_priority() {
+        let config = SchedulerConfig::default();
+        let training = worker_pod(
+            "t-a1-r0",
+            &[
+                (MANAGED_BY_LABEL, "aigc-operator"),
+                (TRAINING_JOB_LABEL, "t"),
+                (QUEUE_LABEL, "gpu-team"),
+                (PRIORITY_LABEL, "7"),
+            ],
+            "n",
+            1,
+        );
+        let owner = pod_owner(&training, &config).unwrap();
+        assert_eq!(owner.workload, training_key("ml", "t"));
+        assert_eq!(
+            (owner.kind, owner.queue.as_str(), owner.priority),
+            (WorkloadKind::Training, "gpu-team", 7)
+        );
+        let serving = worker_pod(
+            "chat-x",
+            &[
+                (MANAGED_BY_LABEL, "aigc-operator"),
+                (INFERENCE_SERVICE_LABEL, "chat"),
+            ],
+            "n",
+            1,
+        );
+        let owner = pod_owner(&serving, &config).unwrap();
+        assert_eq!(owner.kind, WorkloadKind::Inference);
+        assert_eq!(owner.priority, config.inference_priority);
+        let foreign = worker_pod("other", &[(TRAINING_JOB_LABEL, "t")], "n", 1);
+        assert_eq!(pod_owner(&foreign, &config), None);
+    }
+
+    #[test]
+    fn admitted_replicas_without_a_bound_pod_hold_their_node() {
+        let admitted = job(
+            "t",
+            TrainingJobPhase::Admitted,
+            Some(("local-gpu", Accelerator::Gpu)),
+        );
+        let reserved = input(std::slice::from_ref(&admitted), &[], &[], &[]);
+        assert!(reserved.pending.is_empty());
+        let pod = &reserved.cluster.pods[0];
+        assert_eq!(pod.node, "local-gpu");
+        assert_eq!(
+            pod.requests,
+            Amounts {
+                cpu: Millicores(1000),
+                memory: Bytes(1 << 30),
+                gpu: Gpus(1)
+            }
+        );
+        let bound = worker_pod(
+            "t-a1-r0",
+            &[
+                (MANAGED_BY_LABEL, "aigc-operator"),
+                (TRAINING_JOB_LABEL, "t"),
+            ],
+            "local-gpu",
+            1,
+        );
+        let running = input(&[admitted], &[], &[bound], &[]);
+        assert_eq!(
+            running.cluster.pods.len(),
+            1,
+            "the pod, and no reservation besides"
+        );
+        assert_eq!(running.cluster.pods[0].name, "t-a1-r0");
+    }
+
+    #[test]
+    fn queued_jobs_and_unplaced_replicas_of_served_models_are_pending() {
+        let queued = job("q", TrainingJobPhase::Queued, None);
+        let pending_job = job("p", TrainingJobPhase::Pending, None);
+        let scaled_up = service(3, &["local-gpu"]);
+        let input_ = input(
+            &[queued, pending_job],
+            &[scaled_up.clone()],
+            &[],
+            &[model(true)],
+        );
+        let keys: Vec<&str> = input_.pending.iter().map(|w| w.key.name.as_str()).collect();
+        assert_eq!(keys, ["trainingjob/q", "inferenceservice/chat"]);
+        let training = &input_.pending[0];
+        assert_eq!(training.dataset.as_deref(), Some("ml/data"));
+        assert_eq!(training.replica.gpu_tolerations, [gpu_toleration()]);
+        assert!(training.replica.tolerations.is_empty());
+        let inference = &input_.pending[1];
+        assert_eq!(inference.replicas, 2);
+        assert_eq!(inference.replica.accelerator, Accelerator::Gpu);
+
+        let unready = input(&[], &[scaled_up], &[], &[model(false)]);
+        assert!(
+            unready.pending.is_empty(),
+            "no admission before the Model is Ready"
+        );
+    }
+
+    #[test]
+    fn the_plan_pins_gpu_training_to_the_gpu_node() {
+        let input = input(&[job("q", TrainingJobPhase::Queued, None)], &[], &[], &[]);
+        let plan = Scheduler::new(&SchedulerConfig::default())
+            .unwrap()
+            .plan(&input.cluster, &input.pending);
+        assert_eq!(plan.admissions[0].nodes, ["local-gpu"]);
+        assert_eq!(plan.admissions[0].device, Device::Gpu);
+    }
+
+    #[test]
+    fn a_countdown_becomes_the_time_of_the_fallback() {
+        let waiting = Waiting {
+            workload: training_key("ml", "t"),
+            reason: WaitReason::WaitingForGpu,
+            message:
+                "waiting for a GPU: no node with 1 free nvidia.com/gpu; falls back to CPU in 4m0s"
+                    .into(),
+        };
+        let at = SystemTime::from(now());
+        assert_eq!(
+            condition_message(&waiting, Some(at)),
+            "waiting for a GPU: no node with 1 free nvidia.com/gpu; falls back to CPU at 2026-12-04T12:00:00Z"
+        );
+        let quota = Waiting {
+            reason: WaitReason::QuotaExceeded,
+            message: "queue gpu-team: quota 8/8 GPUs in use".into(),
+            ..waiting
+        };
+        assert_eq!(condition_message(&quota, Some(at)), quota.message);
+    }
+
+    #[test]
+    fn admission_starts_an_attempt_and_preemption_requeues_without_a_placement() {
+        let queued = job("t", TrainingJobPhase::Queued, None);
+        let admission = Admission {
+            workload: training_key("ml", "t"),
+            device: Device::Gpu,
+            nodes: vec!["local-gpu".into()],
+            borrowing: false,
+            reason: crate::scheduler::AdmitReason::Admitted,
+            message: "admitted to queue default".into(),
+        };
+        let status = admitted_job_status(&queued, &admission, now());
+        assert_eq!(status.phase, Some(TrainingJobPhase::Admitted));
+        assert_eq!(status.attempts, Some(1));
+        assert_eq!(status.start_time.as_deref(), Some("2026-12-04T12:00:00Z"));
+        assert_eq!(status.placement.as_ref().unwrap().nodes, ["local-gpu"]);
+
+        let mut running = (*queued).clone();
+        running.status = Some(status);
+        let preemption = Preemption {
+            victim: training_key("ml", "t"),
+            pods: vec![],
+            preemptor: inference_key("ml", "chat"),
+            resume_from_checkpoint: true,
+            message: "preempted by ml/inferenceservice/chat (priority 1000)".into(),
+        };
+        let later = now() + chrono::Duration::seconds(30);
+        let status = preempted_job_status(&running, &preemption, later);
+        assert_eq!(status.phase, Some(TrainingJobPhase::Queued));
+        assert_eq!(status.placement, None);
+        assert_eq!(
+            status.attempts,
+            Some(1),
+            "the next admission starts attempt 2"
+        );
+        let condition = find_condition(&status.conditions, ADMITTED).unwrap();
+        assert_eq!(
+            (condition.status, condition.reason.as_str()),
+            (ConditionStatus::False, PREEMPTED)
+        );
+        assert_eq!(
+            queued_since(&status.conditions, None),
+            SystemTime::from(later),
+            "a preempted job queues again from the preemption"
+        );
+        running.status = Some(status);
+        let again = admitted_job_status(&running, &admission, later);
+        assert_eq!(again.attempts, Some(2));
+        assert_eq!(again.start_time.as_deref(), Some("2026-12-04T12:00:00Z"));
+    }
+
+    #[test]
+    fn scaling_inference_down_releases_the_last_placements() {
+        let mut scaled = (*service(3, &["a", "b", "c"])).clone();
+        assert_eq!(trimmed_service_status(&scaled), None);
+        scaled.spec.replicas = 1;
+        let status = trimmed_service_status(&scaled).unwrap();
+        assert_eq!(status.placement.unwrap().nodes, ["a"]);
+        scaled.spec.replicas = 0;
+        assert_eq!(trimmed_service_status(&scaled).unwrap().placement, None);
+    }
+}
