@@ -1245,7 +1245,7 @@ mod tests {
         let scaled_up = service(3, &["local-gpu"]);
         let input_ = input(
             &[queued, pending_job],
-            &[scaled_up.clone()],
+            std::slice::from_ref(&scaled_up),
             &[],
             &[model(true)],
         );
