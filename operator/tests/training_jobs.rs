@@ -656,3 +656,58 @@ async fn a_restarted_operator_converges_without_duplicate_pods() {
     let job = env.job("steady").await;
     assert_eq!(job.status.unwrap().attempts, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_deadline_is_stopped_and_failed() {
+    let env = Env::start(SchedulerConfig::default()).await;
+    env.ready_dataset("quickstart-data").await;
+    env.training_job("slow", json!({"activeDeadlineSeconds": 1}))
+        .await;
+    env.wait_for::<Pod>("slow-a1-r0", "created", |_| true).await;
+    env.run_pod("slow-a1-r0", "127.1.43.1").await;
+    env.wait_for::<TrainingJob>("slow", "failed at its deadline", |job| {
+        job.status.as_ref().is_some_and(|s| {
+            s.phase == Some(TrainingJobPhase::Failed)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Failed" && c.reason == "DeadlineExceeded")
+        })
+    })
+    .await;
+    env.wait_gone::<Pod>("slow-a1-r0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_queue_quota_waits_and_says_why() {
+    let config =
+        SchedulerConfig::from_yaml("queues:\n  - name: gpu-team\n    quota: { gpu: 1 }\n").unwrap();
+    let env = Env::start(config).await;
+    env.ready_dataset("quickstart-data").await;
+    let gpu = json!({"queue": "gpu-team", "resources": {"accelerator": "gpu", "gpus": 1}});
+    env.training_job("first", gpu.clone()).await;
+    env.wait_for::<Pod>("first-a1-r0", "created", |_| true)
+        .await;
+    env.training_job("second", gpu).await;
+    env.wait_for::<TrainingJob>("second", "waiting on the quota", |job| {
+        admitted_reason(job).as_deref() == Some("QuotaExceeded")
+    })
+    .await;
+    let job = env.job("second").await;
+    let message = job
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("queue gpu-team") && message.contains("1/1"),
+        "{message}"
+    );
+    env.training_job("lost", json!({"queue": "nobody"})).await;
+    env.wait_for::<TrainingJob>("lost", "waiting on an unknown queue", |job| {
+        admitted_reason(job).as_deref() == Some("UnknownQueue")
+    })
+    .await;
+}

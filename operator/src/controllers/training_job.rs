@@ -660,6 +660,20 @@ pub fn deadline_exceeded(job: &TrainingJob, now: DateTime<Utc>) -> Option<String
     })
 }
 
+/// Requeue after `interval`, or at the deadline if that comes first.
+fn requeue_within_deadline(job: &TrainingJob, now: DateTime<Utc>, interval: Duration) -> Action {
+    let left = || {
+        let deadline = job.spec.active_deadline_seconds?;
+        let start = job.status.as_ref()?.start_time.as_ref()?;
+        let start = DateTime::parse_from_rfc3339(start)
+            .ok()?
+            .with_timezone(&Utc);
+        let end = start + chrono::Duration::seconds(i64::try_from(deadline).ok()?);
+        Some((end - now).to_std().unwrap_or_default())
+    };
+    Action::requeue(left().map_or(interval, |left| left.min(interval)))
+}
+
 /// The task of the output Model: the spec's, else what the worker's metric says.
 pub fn output_task(job: &TrainingJob, result: Option<&WorkerStatus>) -> Task {
     if let Some(task) = job.spec.task {
@@ -842,7 +856,7 @@ async fn queue(
         let message = format!("inputs ready; waiting in queue {}", job.spec.queue);
         publish(&ctx.recorder, job, EventType::Normal, "Queued", message).await;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(requeue_within_deadline(job, now, Duration::from_secs(300)))
 }
 
 /// After admission: keep the current attempt's pods running and act on how they end.
@@ -962,11 +976,12 @@ async fn run_attempt(
             publish(&ctx.recorder, job, EventType::Normal, "Running", message).await;
         }
     }
-    Ok(Action::requeue(if state.running {
+    let interval = if state.running {
         PROGRESS_INTERVAL
     } else {
         Duration::from_secs(30)
-    }))
+    };
+    Ok(requeue_within_deadline(job, now, interval))
 }
 
 fn is_live(pod: &Pod) -> bool {
