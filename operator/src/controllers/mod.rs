@@ -221,3 +221,22 @@ where
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_patch;
+
+    #[test]
+    fn merge_patches_remove_what_the_new_status_drops() {
+        let old = json!({"phase": "Running", "placement": {"nodes": ["a"]}, "attempts": 1,
+                         "progress": {"step": 4, "loss": 0.5}});
+        let new = json!({"phase": "Queued", "attempts": 1, "progress": {"step": 4}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Queued", "placement": null, "progress": {"loss": null}})
+        );
+        assert_eq!(merge_patch(&json!(null), &new), new);
+    }
+}

@@ -850,6 +850,8 @@ async fn queue(
         .await;
         return Ok(Action::await_change());
     }
+    // A queued job runs nothing: pods left from before a preemption go.
+    delete_pods(ctx, job, is_live).await?;
     if phase != Some(TrainingJobPhase::Queued) {
         let status = queued_status(job, now);
         patch_status_checked(api, job, &status).await?;
@@ -922,6 +924,12 @@ async fn run_attempt(
         return Ok(Action::await_change());
     }
     if !state.missing.is_empty() {
+        // Pods are created only for the attempt the latest status grants: a preemption may
+        // have been written since this reconcile's view.
+        let latest = get_opt(api, &job.name_any()).await?;
+        if latest.and_then(|j| j.metadata.resource_version) != job.metadata.resource_version {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
         let inputs = match resolve_inputs(job, ctx).await? {
             Ok(inputs) => inputs,
             Err((reason, message)) => {
