@@ -595,6 +595,8 @@ pub fn failed_attempt_status(
         return terminal_failure(status, job, "BackoffLimitExceeded", message, now);
     }
     status.attempts = Some(attempt + 1);
+    // The next attempt's pods start on the nodes the job keeps.
+    status.phase = Some(TrainingJobPhase::Admitted);
     set_condition(
         &mut status.conditions,
         Condition::new(
@@ -1683,7 +1685,7 @@ mod tests {
             ..TrainingJobStatus::default()
         });
         let retry = failed_attempt_status(&job, "pod fraud-a1-r0: boom", now());
-        assert_eq!(retry.phase, Some(TrainingJobPhase::Running));
+        assert_eq!(retry.phase, Some(TrainingJobPhase::Admitted));
         assert_eq!((retry.attempts, retry.failures), (Some(2), Some(1)));
         assert_eq!(
             find_condition(&retry.conditions, FAILED).unwrap().reason,
