@@ -711,3 +711,41 @@ async fn a_job_over_its_queue_quota_waits_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_never_preempts_inference_and_waits_saying_why() {
+    let env = Env::start(SchedulerConfig::default()).await;
+    env.ready_dataset("quickstart-data").await;
+    env.apply::<Model>(json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "Model", "metadata": {"name": "chat"},
+        "spec": {"source": {"pvc": {"claimName": "models"}}, "format": "gguf",
+                 "architecture": "llama", "task": "text-generation", "version": "1.0.0"}
+    }))
+    .await;
+    env.set_status::<Model>("chat", json!({"phase": "Ready", "tier": "hot"}))
+        .await;
+    env.apply::<InferenceService>(json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "chat"},
+        "spec": {"modelRef": {"name": "chat"}, "replicas": 1,
+                 "resources": {"accelerator": "gpu", "gpus": 1}}
+    }))
+    .await;
+    env.wait_for::<Deployment>("chat", "created", |_| true)
+        .await;
+
+    // Its replica has no pod yet (no kubelet here): the admission alone holds the GPU.
+    env.training_job(
+        "urgent",
+        json!({"priority": 5000, "resources": {"accelerator": "gpu", "gpus": 2}}),
+    )
+    .await;
+    env.wait_for::<TrainingJob>("urgent", "unschedulable", |job| {
+        admitted_reason(job).as_deref() == Some("Unschedulable")
+    })
+    .await;
+    let service = env.api::<InferenceService>().get("chat").await.unwrap();
+    let placement = service.status.unwrap().placement.unwrap();
+    assert_eq!(placement.nodes, ["local-gpu"]);
+    assert!(env.pods_of("urgent").await.is_empty());
+}

@@ -650,7 +650,12 @@ async fn schedule(ctx: &Context, scheduler: &Scheduler, stores: &Stores, notify:
         stores.models.wait_until_ready(),
     )
     .await;
-    if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() || ready.3.is_err() {
+    if ready.0.is_err()
+        || ready.1.is_err()
+        || ready.2.is_err()
+        || ready.3.is_err()
+        || ready.4.is_err()
+    {
         return;
     }
     loop {
