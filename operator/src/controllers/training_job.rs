@@ -205,6 +205,13 @@ pub fn train_args(
 ) -> Result<Vec<String>, Error> {
     let spec = &job.spec;
     let hyper = &spec.hyperparameters;
+    let name = job.name_any();
+    if name.len() > 63 {
+        return Err(Error::Invalid(format!(
+            "metadata.name {name:?} has {} characters; a TrainingJob's name labels its pods, so at most 63 are accepted",
+            name.len()
+        )));
+    }
     let (out, checkpoints) = match replica {
         0 => (inputs.out_uri.clone(), inputs.checkpoint_uri.clone()),
         r => (
@@ -1474,6 +1481,15 @@ mod tests {
             .to_string();
         assert!(
             err.contains("hyperparameters.extra.dropout") && err.contains("hiddenLayers"),
+            "{err}"
+        );
+        let mut long = mlp_job();
+        long.metadata.name = Some("x".repeat(64));
+        let err = train_args(&long, &inputs(&long), 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("64 characters") && err.contains("at most 63"),
             "{err}"
         );
         let mut bert = mlp_job();
