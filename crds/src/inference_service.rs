@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{LocalObjectRef, Resources};
 use crate::condition::Condition;
+use crate::training_job::WorkloadPlacement;
 
 /// Serves a Model with candle worker pods behind an OpenAI-compatible HTTP API.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -169,6 +170,9 @@ pub struct InferenceServiceStatus {
     /// Version of the Model being served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
+    /// Nodes (one per admitted replica) and accelerator chosen by the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<WorkloadPlacement>,
     /// Label selector of the worker pods, for the scale subresource and HPAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

@@ -266,6 +266,9 @@ pub struct TrainingJobStatus {
     /// Attempts started so far, counting retries and resumptions after preemption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// Attempts that failed; the job fails once this exceeds `backoffLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
     /// When the first attempt started, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,

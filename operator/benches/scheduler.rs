@@ -153,6 +153,7 @@ fn workloads(random: &mut Random) -> Vec<Workload> {
                 } else {
                     tolerate_gpus.clone()
                 },
+                gpu_tolerations: Vec::new(),
             },
             dataset: Some(format!("team-{team}/corpus")),
         });

@@ -59,6 +59,17 @@ pub enum Error {
     /// The scheduler section of the operator configuration is inconsistent.
     #[error("scheduler configuration: {0}")]
     SchedulerConfig(String),
+    /// A value the operator writes could not be serialised.
+    #[error("{what}: cannot serialise: {message}")]
+    Serialize {
+        /// What the operator was doing.
+        what: String,
+        /// The serialiser's message.
+        message: String,
+    },
+    /// A workload that cannot be run as specified; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),

@@ -158,6 +158,7 @@ fn build_workload(index: usize, seed: &WorkloadSeed, queues: usize) -> Workload 
             cpu: Millicores(seed.cores * 1000),
             memory: Bytes(seed.memory * GI),
             node_selector: BTreeMap::new(),
+            gpu_tolerations: Vec::new(),
             tolerations: if seed.tolerates {
                 vec![Toleration {
                     key: Some(GPU_TAINT.into()),

@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerPort, HTTPGetAction, PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodTemplateSpec,
+    Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -31,8 +31,12 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::Error;
-use crate::controllers::{Context, apply_child, apply_status, delete_if_present, get_opt, publish};
+use crate::controllers::admission::{ADMITTED, QUEUE_LABEL, inference_placement};
+use crate::controllers::{
+    Context, apply_child, delete_if_present, get_opt, patch_status_checked, publish,
+};
 use crate::layout::{StoredKind, TierAccess};
+use crate::scheduler::pinned_to_any;
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
 
 /// Port the worker's HTTP API listens on.
@@ -122,18 +126,25 @@ pub fn split_replicas(total: u32, canary_percent: Option<u32>) -> (u32, u32) {
     (total - canary, canary)
 }
 
-/// Base URL of the OpenAI-compatible API inside the cluster.
-pub fn service_url(isvc: &InferenceService) -> String {
+/// Base URL of the OpenAI-compatible API: the Service's address when its clusterIP is a
+/// loopback address (the embedded cluster proxies it on the host), else its DNS name.
+pub fn service_url(isvc: &InferenceService, cluster_ip: Option<&str>) -> String {
     let scheme = if tls_secret(isvc).is_some() {
         "https"
     } else {
         "http"
     };
-    format!(
-        "{scheme}://{}.{}.svc:{HTTP_PORT}/v1",
-        isvc.name_any(),
-        isvc.namespace().unwrap_or_else(|| "default".to_owned())
-    )
+    let loopback = cluster_ip
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| ip.is_loopback());
+    match loopback {
+        Some(ip) => format!("{scheme}://{ip}:{HTTP_PORT}/v1"),
+        None => format!(
+            "{scheme}://{}.{}.svc:{HTTP_PORT}/v1",
+            isvc.name_any(),
+            isvc.namespace().unwrap_or_else(|| "default".to_owned())
+        ),
+    }
 }
 
 fn tls_secret(isvc: &InferenceService) -> Option<&str> {
@@ -184,7 +195,7 @@ fn serve_args(isvc: &InferenceService, model: &ServedModel) -> Vec<String> {
         "--model".to_owned(),
         model.uri.clone(),
         "--listen".to_owned(),
-        format!("0.0.0.0:{HTTP_PORT}"),
+        format!("$(POD_IP):{HTTP_PORT}"),
     ];
     if let Some(batching) = &isvc.spec.batching {
         args.extend([
@@ -240,15 +251,27 @@ fn http_probe(path: &str, https: bool, period: i32) -> Probe {
     }
 }
 
-/// The Deployment of one track serving `model` with `replicas` pods on `accelerator`.
+/// Where the scheduler placed a service's replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// `gpu` or `cpu`, as decided.
+    pub accelerator: Accelerator,
+    /// Nodes of the admitted replicas; the pods are restricted to them.
+    pub nodes: Vec<String>,
+    /// The queue the replicas were admitted through.
+    pub queue: String,
+}
+
+/// The Deployment of one track serving `model` with `replicas` pods where `placed` says.
 pub fn desired_deployment(
     isvc: &InferenceService,
     track: Track,
     model: &ServedModel,
     replicas: u32,
-    accelerator: Accelerator,
+    placed: &Placed,
     images: &WorkerImages,
 ) -> Deployment {
+    let accelerator = placed.accelerator;
     let name = deployment_name(&isvc.name_any(), track);
     let mut labels = selector_labels(isvc);
     labels.insert(TRACK_LABEL.to_owned(), track.label().to_owned());
@@ -264,6 +287,9 @@ pub fn desired_deployment(
         "app.kubernetes.io/managed-by".to_owned(),
         "aigc-operator".to_owned(),
     );
+    if !placed.queue.is_empty() {
+        labels.insert(QUEUE_LABEL.to_owned(), placed.queue.clone());
+    }
     let mut pod = worker_pod_spec(
         images,
         serve_args(isvc, model),
@@ -271,8 +297,25 @@ pub fn desired_deployment(
         accelerator,
         &[&model.access],
     );
+    if !placed.nodes.is_empty() {
+        pod.affinity = Some(pinned_to_any(&placed.nodes));
+    }
     let https = tls_secret(isvc).is_some();
     let container = &mut pod.containers[0];
+    container.env.get_or_insert_with(Vec::new).insert(
+        0,
+        EnvVar {
+            name: "POD_IP".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    );
     container.ports = Some(vec![ContainerPort {
         name: Some("http".to_owned()),
         container_port: HTTP_PORT,
@@ -359,6 +402,10 @@ pub struct Observed<'a> {
     pub canary_model: Option<&'a Model>,
     /// The service's Deployments as they are now.
     pub deployments: Vec<&'a Deployment>,
+    /// Why the service waits for the scheduler, while no replica is admitted.
+    pub awaiting_admission: Option<String>,
+    /// `spec.clusterIP` of the service's Service, once allocated.
+    pub cluster_ip: Option<String>,
 }
 
 fn model_ready(model: Option<&Model>) -> bool {
@@ -441,6 +488,18 @@ pub fn desired_status(
                 now,
             ),
         )
+    } else if let Some(message) = &observed.awaiting_admission {
+        (
+            InferenceServicePhase::Pending,
+            Condition::new(
+                "Ready",
+                ConditionStatus::False,
+                "WaitingForAdmission",
+                message.clone(),
+                generation,
+                now,
+            ),
+        )
     } else if status.ready_replicas == 0 {
         let message = if isvc.spec.replicas == 0 {
             "scaled to zero replicas".to_owned()
@@ -476,7 +535,8 @@ pub fn desired_status(
         )
     };
     status.phase = Some(phase);
-    status.url = (phase != InferenceServicePhase::Pending).then(|| service_url(isvc));
+    status.url = (phase != InferenceServicePhase::Pending)
+        .then(|| service_url(isvc, observed.cluster_ip.as_deref()));
     set_condition(&mut status.conditions, condition);
     if let Some(canary) = &isvc.spec.canary {
         let (main, canary_replicas) =
@@ -512,50 +572,57 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
     let mut observed = Observed {
         model: model.as_ref(),
         canary_model: canary_model.as_ref(),
-        deployments: vec![],
+        ..Observed::default()
     };
     let mut current = Vec::new();
+    let placed = placed_replicas(&isvc, &ctx);
     if waiting_reason(&isvc, &observed).is_none() {
-        let tiers: Api<StorageTier> = Api::all(ctx.client.clone());
-        let main = served_model(&tiers, model.as_ref().expect("checked by waiting_reason")).await?;
-        let canary = match canary_model.as_ref() {
-            Some(m) => Some(served_model(&tiers, m).await?),
-            None => None,
-        };
-        let accelerator = match isvc.spec.resources.accelerator {
-            Accelerator::Gpu => Accelerator::Gpu,
-            // Until the scheduler places inference, `auto` runs on CPU, which always works.
-            Accelerator::Cpu | Accelerator::Auto => Accelerator::Cpu,
-        };
-        let percent = isvc.spec.canary.as_ref().map(|c| c.traffic_percent);
-        let (main_replicas, canary_replicas) = split_replicas(isvc.spec.replicas, percent);
-        let images = &ctx.config.worker_images;
-        let wanted = desired_deployment(
-            &isvc,
-            Track::Main,
-            &main,
-            main_replicas,
-            accelerator,
-            images,
-        );
-        current.push(apply_child(&deployments, &wanted).await?);
-        let canary_name = deployment_name(&isvc.name_any(), Track::Canary);
-        match canary {
-            Some(canary) => {
-                let wanted = desired_deployment(
-                    &isvc,
-                    Track::Canary,
-                    &canary,
-                    canary_replicas,
-                    accelerator,
-                    images,
-                );
-                current.push(apply_child(&deployments, &wanted).await?);
+        match placed {
+            None => {
+                let message = isvc
+                    .status
+                    .as_ref()
+                    .and_then(|s| find_condition(&s.conditions, ADMITTED))
+                    .map_or_else(
+                        || "waiting for the scheduler to place the replicas".to_owned(),
+                        |c| format!("waiting for the scheduler: {}", c.message),
+                    );
+                observed.awaiting_admission = Some(message);
             }
-            None => delete_if_present(&deployments, &canary_name).await?,
+            Some((replicas, placed)) => {
+                let tiers: Api<StorageTier> = Api::all(ctx.client.clone());
+                let main = served_model(&tiers, model.as_ref().expect("checked by waiting_reason"))
+                    .await?;
+                let canary = match canary_model.as_ref() {
+                    Some(m) => Some(served_model(&tiers, m).await?),
+                    None => None,
+                };
+                let percent = isvc.spec.canary.as_ref().map(|c| c.traffic_percent);
+                let (main_replicas, canary_replicas) = split_replicas(replicas, percent);
+                let images = &ctx.config.worker_images;
+                let wanted =
+                    desired_deployment(&isvc, Track::Main, &main, main_replicas, &placed, images);
+                current.push(apply_child(&deployments, &wanted).await?);
+                let canary_name = deployment_name(&isvc.name_any(), Track::Canary);
+                match canary {
+                    Some(canary) => {
+                        let wanted = desired_deployment(
+                            &isvc,
+                            Track::Canary,
+                            &canary,
+                            canary_replicas,
+                            &placed,
+                            images,
+                        );
+                        current.push(apply_child(&deployments, &wanted).await?);
+                    }
+                    None => delete_if_present(&deployments, &canary_name).await?,
+                }
+                let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+                let service = apply_child(&services, &desired_service(&isvc)).await?;
+                observed.cluster_ip = service.spec.and_then(|s| s.cluster_ip);
+            }
         }
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_child(&services, &desired_service(&isvc)).await?;
     }
     observed.deployments = current.iter().collect();
     let status = desired_status(&isvc, &observed, Utc::now());
@@ -577,7 +644,7 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
     }
     if isvc.status.as_ref() != Some(&status) {
         let api: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &namespace);
-        apply_status(&api, isvc.as_ref(), &status).await?;
+        patch_status_checked(&api, isvc.as_ref(), &status).await?;
     }
     Ok(Action::requeue(std::time::Duration::from_secs(300)))
 }
@@ -632,6 +699,35 @@ pub async fn run(ctx: Arc<Context>) {
 /// Retry soon after an error; the error itself is logged by the controller runner.
 pub fn error_policy(_isvc: Arc<InferenceService>, _error: &Error, _ctx: Arc<Context>) -> Action {
     Action::requeue(std::time::Duration::from_secs(5))
+}
+
+/// How many replicas to run and where: the admitted ones (never more than asked for), or
+/// `None` while the scheduler has admitted none. A service scaled to zero needs no admission.
+fn placed_replicas(isvc: &InferenceService, ctx: &Context) -> Option<(u32, Placed)> {
+    let queue = ctx
+        .config
+        .scheduler
+        .queue_for_namespace(&isvc.namespace().unwrap_or_default());
+    if isvc.spec.replicas == 0 {
+        let accelerator = match isvc.spec.resources.accelerator {
+            Accelerator::Gpu => Accelerator::Gpu,
+            Accelerator::Cpu | Accelerator::Auto => Accelerator::Cpu,
+        };
+        let placed = Placed {
+            accelerator,
+            nodes: Vec::new(),
+            queue,
+        };
+        return Some((0, placed));
+    }
+    let (nodes, device) = inference_placement(isvc)?;
+    let replicas = (nodes.len() as u32).min(isvc.spec.replicas);
+    let placed = Placed {
+        accelerator: device.into(),
+        nodes: nodes[..replicas as usize].to_vec(),
+        queue,
+    };
+    Some((replicas, placed))
 }
 
 async fn served_model(tiers: &Api<StorageTier>, model: &Model) -> Result<ServedModel, Error> {
@@ -693,6 +789,14 @@ mod tests {
         ServedModel::new(m, TierAccess::for_tier(&StorageTier::new("hot", spec)))
     }
 
+    fn cpu() -> Placed {
+        Placed {
+            accelerator: Accelerator::Cpu,
+            nodes: Vec::new(),
+            queue: "default".into(),
+        }
+    }
+
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 4, 12, 0, 0).unwrap()
     }
@@ -720,7 +824,7 @@ mod tests {
             Track::Main,
             &served(&m),
             2,
-            Accelerator::Cpu,
+            &cpu(),
             &WorkerImages::default(),
         );
         assert_eq!(d.metadata.name.as_deref(), Some("chat"));
@@ -739,7 +843,7 @@ mod tests {
                 "--model",
                 "file:///tiers/hot/models/team/smol/1.2.0",
                 "--listen",
-                "0.0.0.0:8080",
+                "$(POD_IP):8080",
                 "--max-batch",
                 "4",
                 "--api-key-file",
@@ -768,7 +872,7 @@ mod tests {
             .filter_map(|v| v.secret?.secret_name)
             .collect();
         assert_eq!(secrets, ["keys", "cert"]);
-        assert_eq!(service_url(&s), "https://chat.team.svc:8080/v1");
+        assert_eq!(service_url(&s, None), "https://chat.team.svc:8080/v1");
     }
 
     #[test]
@@ -786,7 +890,7 @@ mod tests {
             Track::Canary,
             &served(&m),
             1,
-            Accelerator::Cpu,
+            &cpu(),
             &WorkerImages::default(),
         );
         let labels = canary
@@ -826,7 +930,7 @@ mod tests {
             Track::Main,
             &served(&ready),
             2,
-            Accelerator::Cpu,
+            &cpu(),
             &WorkerImages::default(),
         );
         d.status = Some(DeploymentStatus {
@@ -840,6 +944,7 @@ mod tests {
                 model: Some(&ready),
                 canary_model: None,
                 deployments: vec![&d],
+                ..Observed::default()
             },
             now(),
         );
@@ -866,7 +971,7 @@ mod tests {
             &Observed {
                 model: Some(&a),
                 canary_model: Some(&b),
-                deployments: vec![],
+                ..Observed::default()
             },
             now(),
         );
@@ -881,5 +986,94 @@ mod tests {
             "{}",
             split.message
         );
+    }
+
+    #[test]
+    fn the_url_is_the_loopback_cluster_ip_in_local_mode() {
+        let s = isvc(serde_json::json!({"modelRef": {"name": "smol"}}));
+        assert_eq!(
+            service_url(&s, Some("127.2.0.7")),
+            "http://127.2.0.7:8080/v1"
+        );
+        assert_eq!(
+            service_url(&s, Some("10.96.0.12")),
+            "http://chat.team.svc:8080/v1"
+        );
+        assert_eq!(
+            service_url(&s, Some("None")),
+            "http://chat.team.svc:8080/v1"
+        );
+    }
+
+    #[test]
+    fn placed_pods_are_restricted_to_their_nodes_and_listen_on_the_pod_ip() {
+        let s = isvc(serde_json::json!({"modelRef": {"name": "smol"}, "replicas": 2}));
+        let m = model("smol", true);
+        let placed = Placed {
+            accelerator: Accelerator::Gpu,
+            nodes: vec!["local-gpu".into(), "local-gpu".into()],
+            queue: "serving".into(),
+        };
+        let d = desired_deployment(
+            &s,
+            Track::Main,
+            &served(&m),
+            2,
+            &placed,
+            &WorkerImages::default(),
+        );
+        let template = d.spec.unwrap().template;
+        assert_eq!(
+            template.metadata.unwrap().labels.unwrap()[QUEUE_LABEL],
+            "serving"
+        );
+        let pod = template.spec.unwrap();
+        let affinity = serde_json::to_value(pod.affinity.unwrap()).unwrap();
+        assert_eq!(
+            affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                [0]["matchFields"][0]["values"],
+            serde_json::json!(["local-gpu"])
+        );
+        let container = &pod.containers[0];
+        let env = &container.env.as_ref().unwrap()[0];
+        assert_eq!(env.name, "POD_IP");
+        assert_eq!(
+            env.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        let limits = container
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap();
+        assert!(limits.contains_key("nvidia.com/gpu"));
+    }
+
+    #[test]
+    fn an_unadmitted_service_waits_for_the_scheduler() {
+        let s = isvc(serde_json::json!({"modelRef": {"name": "smol"}, "replicas": 1}));
+        let ready = model("smol", true);
+        let status = desired_status(
+            &s,
+            &Observed {
+                model: Some(&ready),
+                awaiting_admission: Some(
+                    "waiting for the scheduler: no node with 1 free nvidia.com/gpu".into(),
+                ),
+                ..Observed::default()
+            },
+            now(),
+        );
+        assert_eq!(status.phase, Some(InferenceServicePhase::Pending));
+        assert_eq!(status.conditions[0].reason, "WaitingForAdmission");
+        assert!(status.url.is_none());
     }
 }

@@ -139,6 +139,15 @@ impl RunningPod {
 /// Required node affinity pinning a pod to `node`, so that kube-scheduler and the kubelet
 /// still check the scheduler's placement.
 pub fn pinned_to(node: &str) -> core::Affinity {
+    pinned_to_any(&[node.to_owned()])
+}
+
+/// Required node affinity restricting a pod to `nodes` (e.g. the pods of a Deployment to the
+/// nodes its replicas were placed on).
+pub fn pinned_to_any(nodes: &[String]) -> core::Affinity {
+    let mut values = nodes.to_vec();
+    values.sort();
+    values.dedup();
     core::Affinity {
         node_affinity: Some(core::NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(core::NodeSelector {
@@ -146,7 +155,7 @@ pub fn pinned_to(node: &str) -> core::Affinity {
                     match_fields: Some(vec![core::NodeSelectorRequirement {
                         key: "metadata.name".to_owned(),
                         operator: "In".to_owned(),
-                        values: Some(vec![node.to_owned()]),
+                        values: Some(values),
                     }]),
                     ..Default::default()
                 }],

@@ -30,7 +30,7 @@ mod resources;
 
 pub use config::{DEFAULT_QUEUE, QueueConfig, Quota, SchedulerConfig};
 pub use decision::{Admission, AdmitReason, Device, Plan, Preemption, WaitReason, Waiting};
-pub use k8s::{GPU_RESOURCE, pinned_to};
+pub use k8s::{GPU_RESOURCE, pinned_to, pinned_to_any};
 pub use model::{
     ClusterSnapshot, GPU_PRODUCT_LABEL, Node, PodOwner, ReplicaRequest, RunningPod, Taint,
     TaintEffect, Toleration, TolerationOperator, Workload, WorkloadKey, WorkloadKind,

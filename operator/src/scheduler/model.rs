@@ -175,6 +175,9 @@ pub struct ReplicaRequest {
     pub node_selector: BTreeMap<String, String>,
     /// Taints the replica tolerates.
     pub tolerations: Vec<Toleration>,
+    /// Taints the replica tolerates only when it runs on GPUs: worker pods get the
+    /// `nvidia.com/gpu` toleration only then, so CPU work stays off tainted GPU nodes.
+    pub gpu_tolerations: Vec<Toleration>,
 }
 
 impl ReplicaRequest {
@@ -200,6 +203,7 @@ impl ReplicaRequest {
             memory,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            gpu_tolerations: Vec::new(),
         })
     }
 }

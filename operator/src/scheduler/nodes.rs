@@ -30,6 +30,8 @@ pub(super) struct Shape<'w> {
     /// Required labels, including the GPU product.
     pub(super) selector: Vec<(&'w str, &'w str)>,
     pub(super) tolerations: &'w [Toleration],
+    /// Further taints tolerated because the shape runs on GPUs (empty on CPU).
+    pub(super) gpu_tolerations: &'w [Toleration],
     pub(super) dataset: Option<&'w str>,
     /// Nodes already running replicas of the same workload (spread counts them).
     pub(super) existing: Vec<u32>,
@@ -172,7 +174,11 @@ impl<'a> NodeTable<'a> {
             .map(|taints| {
                 taints.iter().all(|taint| {
                     taint.effect == TaintEffect::PreferNoSchedule
-                        || shape.tolerations.iter().any(|t| t.tolerates(taint))
+                        || shape
+                            .tolerations
+                            .iter()
+                            .chain(shape.gpu_tolerations)
+                            .any(|t| t.tolerates(taint))
                 })
             })
             .collect();

@@ -179,6 +179,10 @@ impl<'a> Pass<'a> {
             layout,
             selector,
             tolerations: &request.tolerations,
+            gpu_tolerations: match device {
+                Device::Gpu => &request.gpu_tolerations,
+                Device::Cpu => &[],
+            },
             dataset: workload.dataset.as_deref(),
             existing: self
                 .existing

@@ -600,3 +600,37 @@ fn a_quota_blocked_head_keeps_smaller_jobs_of_its_queue_from_overtaking_it() {
     );
     admitted(&plan, "elsewhere");
 }
+
+#[test]
+fn gpu_only_tolerations_keep_a_cpu_fallback_off_tainted_gpu_nodes() {
+    let mut tainted = node("g1", 64, 256, 2);
+    tainted.taints.push(Taint {
+        key: "nvidia.com/gpu".into(),
+        value: Some("present".into()),
+        effect: TaintEffect::NoSchedule,
+    });
+    let mut job = gpu_job("auto", 1, 1);
+    job.replica.accelerator = Accelerator::Auto;
+    job.replica.gpu_tolerations.push(Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: TolerationOperator::Exists,
+        ..Toleration::default()
+    });
+
+    let free = cluster(vec![tainted.clone(), node("c1", 4, 16, 0)], vec![]);
+    let on_gpu = default_plan(&free, std::slice::from_ref(&job));
+    assert_eq!(admitted(&on_gpu, "auto").nodes, ["g1"]);
+
+    let mut busy = cluster(
+        vec![tainted, node("c1", 4, 16, 0)],
+        vec![other_pod("g1", Amounts::new(0, 0, 2))],
+    );
+    busy.now = at(600);
+    let fallback = default_plan(&busy, &[job]);
+    let admission = admitted(&fallback, "auto");
+    assert_eq!(
+        (admission.device, admission.nodes.as_slice()),
+        (Device::Cpu, &["c1".to_owned()][..]),
+        "the bigger but tainted GPU node is not a CPU node"
+    );
+}
