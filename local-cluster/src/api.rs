@@ -80,6 +80,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `?dryRun=All`.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: how long a pod running on a node gets to stop.
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// Finalizer the namespace lifecycle holds until a namespace is empty.
@@ -762,7 +764,8 @@ impl Cluster {
             && object["spec"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
-        if finalizers.is_empty() && !namespace_finalizing {
+        let graceful = self.pod_grace_period(resource, &old, options.grace_period_seconds);
+        if finalizers.is_empty() && !namespace_finalizing && graceful.is_none() {
             return self
                 .remove(resource, namespace, name)
                 .map(|o| present(resource, &o));
@@ -770,7 +773,13 @@ impl Cluster {
         set_finalizers(&mut object, &finalizers);
         if !is_deleting(&object) {
             object["metadata"]["deletionTimestamp"] = json!(now());
-            object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(graceful.unwrap_or(0));
+        } else if let Some(grace) = graceful
+            && object["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_none_or(|current| grace < current)
+        {
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
         self.gc_pending = true;
         if comparable(&object, false) == comparable(&old, false) {
@@ -778,6 +787,38 @@ impl Cluster {
         }
         let stored = self.store.put(&key, object);
         Ok(present(resource, &stored))
+    }
+}
+
+impl Cluster {
+    /// The grace period of a pod deletion that must wait for the kubelet: the pod runs on an
+    /// existing node, has not finished, and no zero grace period was asked for. `None` means
+    /// the pod goes at once, as the API server's pod strategy decides.
+    fn pod_grace_period(
+        &self,
+        resource: &Resource,
+        pod: &Value,
+        requested: Option<i64>,
+    ) -> Option<i64> {
+        if !(resource.builtin && resource.group.is_empty() && resource.plural == "pods") {
+            return None;
+        }
+        let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
+        let nodes = crate::resources::ResourceKey {
+            group: String::new(),
+            plural: "nodes".to_owned(),
+        };
+        self.store.get(&nodes, "", node)?;
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let grace = requested
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30);
+        (grace > 0).then_some(grace)
     }
 }
 

@@ -10,7 +10,9 @@ pub mod api;
 pub mod crd;
 pub mod discovery;
 pub mod gc;
+pub mod kubelet;
 pub mod managed;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -35,6 +37,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{Cluster, FieldValidation, WriteOptions};
+pub use crate::kubelet::images::ImageMapping;
+use crate::kubelet::process::ProcessTable;
+pub use crate::nodes::{NodeConfig, NodeTaint};
 use crate::server::{Settings, Shared};
 
 /// Errors starting or stopping the cluster.
@@ -89,6 +94,20 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Simulated nodes (default: `local-cpu` and `local-gpu`, see [`NodeConfig::defaults`]).
+    pub nodes: Vec<NodeConfig>,
+    /// Image -> executable mappings tried before the default `aigc-worker`/`aigc-operator` ones.
+    pub images: Vec<ImageMapping>,
+    /// Where the `aigc-worker` and `aigc-operator` binaries are (default: next to the running
+    /// executable; from a test binary in `target/<profile>/deps`, its parent).
+    pub binary_dir: Option<PathBuf>,
+    /// Root of hostPath volumes: `/x/y` is `<root>/x/y` (created on demand); unset, hostPath
+    /// volumes are the host's own paths.
+    pub host_path_root: Option<PathBuf>,
+    /// Run the nodes, the kubelet and the workload controllers inside the cluster.
+    pub workloads: bool,
+    /// The kubelet's first non-zero restart back-off (doubling up to 5 minutes).
+    pub restart_backoff: Duration,
 }
 
 impl Config {
@@ -102,13 +121,21 @@ impl Config {
             watch_history: 100_000,
             bookmark_interval: Duration::from_secs(15),
             max_body_bytes: 3 * 1024 * 1024,
+            nodes: NodeConfig::defaults(),
+            images: Vec::new(),
+            binary_dir: None,
+            host_path_root: None,
+            workloads: true,
+            restart_backoff: Duration::from_secs(10),
         }
     }
 }
 
-/// A running embedded API server. Dropping it without [`LocalCluster::shutdown`] stops the
-/// listeners when the runtime ends, without saving state.
+/// A running embedded API server (and, with [`Config::workloads`], its nodes and kubelet).
+/// Dropping it without [`LocalCluster::shutdown`] stops the listeners and background tasks
+/// and kills every container process, without saving state.
 pub struct LocalCluster {
+    processes: Arc<ProcessTable>,
     shared: Arc<Shared>,
     https_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -120,6 +147,7 @@ pub struct LocalCluster {
 }
 
 const STATE_FILE: &str = "state.json";
+const KUBELET_DIR: &str = "kubelet";
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 async fn bind(port: u16) -> Result<TcpListener, Error> {
@@ -192,6 +220,49 @@ fn restore(cluster: &mut Cluster, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Resolves once `stop` turns true or its sender is gone.
+pub(crate) async fn until_stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The background tasks behind [`Config::workloads`]: node heartbeats and the kubelet.
+fn workload_tasks(
+    config: &Config,
+    client: &kube::Client,
+    processes: &Arc<ProcessTable>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let kubelet_dir = config.data_dir.join(KUBELET_DIR);
+    let kubelet = Arc::new(kubelet::Context {
+        client: client.clone(),
+        nodes: config.nodes.clone(),
+        images: kubelet::images::Images::new(
+            config.images.clone(),
+            config
+                .binary_dir
+                .clone()
+                .unwrap_or_else(kubelet::images::default_binary_dir),
+        ),
+        dirs: kubelet::prepare::Dirs {
+            pods: kubelet_dir.join("pods"),
+            claims: kubelet_dir.join("claims"),
+            host_path_root: config.host_path_root.clone(),
+        },
+        logs: kubelet::logs::LogDir::new(kubelet_dir.join("logs")),
+        ips: kubelet::IpPool::default(),
+        processes: processes.clone(),
+        backoff_base: config.restart_backoff,
+    });
+    vec![
+        tokio::spawn(nodes::run_heartbeats(
+            client.clone(),
+            config.nodes.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(kubelet::run(kubelet, stopped.clone())),
+    ]
+}
+
 impl LocalCluster {
     /// Start serving: generate certificates, bind both listeners, write the kubeconfig and
     /// build a client.
@@ -240,17 +311,20 @@ impl LocalCluster {
                 max_body_bytes: config.max_body_bytes,
                 bookmark_interval: config.bookmark_interval,
                 advertised_address: https_addr.to_string(),
+                pod_logs: kubelet::logs::LogDir::new(
+                    config.data_dir.join(KUBELET_DIR).join("logs"),
+                ),
             },
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server::serve(
                 https,
                 Some(acceptor),
                 shared.clone(),
                 stopped.clone(),
             )),
-            tokio::spawn(server::serve(http, None, shared.clone(), stopped)),
+            tokio::spawn(server::serve(http, None, shared.clone(), stopped.clone())),
         ];
 
         let kubeconfig_path = config.data_dir.join("kubeconfig");
@@ -263,7 +337,13 @@ impl LocalCluster {
             .map_err(|e| Error::Client(e.to_string()))?;
         let client =
             kube::Client::try_from(client_config).map_err(|e| Error::Client(e.to_string()))?;
+        let processes = Arc::new(ProcessTable::default());
+        if config.workloads {
+            nodes::register(&client, &config.nodes).await?;
+            tasks.extend(workload_tasks(&config, &client, &processes, &stopped));
+        }
         Ok(Self {
+            processes,
             shared,
             https_addr,
             http_addr,
@@ -306,12 +386,19 @@ impl LocalCluster {
         self.shared.lock().store.len()
     }
 
-    /// Stop serving and, when persistence is on, save every object.
+    /// Number of container processes the kubelet is running.
+    pub fn running_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Stop serving, stop every container process and, when persistence is on, save every
+    /// object.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        self.processes.kill_all();
         if let Some(path) = &self.state_path {
             let saved: Vec<serde_json::Value> = self
                 .shared
@@ -324,5 +411,12 @@ impl LocalCluster {
             write_file(path, &serde_json::Value::Array(saved).to_string())?;
         }
         Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.processes.kill_all();
     }
 }
