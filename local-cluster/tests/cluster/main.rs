@@ -6,4 +6,5 @@ mod harness;
 mod helm;
 mod kube_client;
 mod kubectl;
+mod kubelet;
 mod request_path;
