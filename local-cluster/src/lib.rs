@@ -5,6 +5,13 @@
 //! CA, written into a kubeconfig) and plain HTTP on loopback, with discovery, OpenAPI for
 //! custom resources, watches, patches, server-side apply, finalizers and garbage collection,
 //! and CRD schema enforcement ([`schema`]). It depends on no other crate of this workspace.
+//!
+//! With [`Config::workloads`] (the default) it also runs what makes pods run: simulated
+//! [`nodes`] with capacity, labels, taints and heartbeats, and the process [`kubelet`], which
+//! runs every pod bound to a simulated node as local processes and serves their logs through
+//! `pods/log` (its module docs list what it does and how it differs from a real kubelet).
+//! Pods on a simulated node are deleted gracefully: they keep their `deletionTimestamp` until
+//! the kubelet has stopped their processes.
 
 pub mod api;
 pub mod crd;
