@@ -830,3 +830,84 @@ pub fn present(resource: &Resource, object: &Value) -> Value {
     }
     object
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            dry_run: false,
+            field_manager: "test".into(),
+            validation: FieldValidation::Strict,
+            apply: false,
+        }
+    }
+
+    fn delete(grace: Option<i64>) -> DeleteOptions {
+        DeleteOptions {
+            propagation: Propagation::Background,
+            uid: None,
+            resource_version: None,
+            dry_run: false,
+            grace_period_seconds: grace,
+        }
+    }
+
+    /// A cluster with the node `n1` and the pods `on-node` (bound to it), `unbound` and
+    /// `elsewhere` (bound to a node that does not exist).
+    fn cluster() -> (Cluster, Arc<Resource>) {
+        let mut cluster = Cluster::new(100);
+        let get = |c: &Cluster, plural: &str| c.registry.get("", "v1", plural).unwrap();
+        let namespaces = get(&cluster, "namespaces");
+        let nodes = get(&cluster, "nodes");
+        let pods = get(&cluster, "pods");
+        cluster
+            .create(
+                &namespaces,
+                "",
+                json!({"metadata": {"name": "default"}}),
+                &options(),
+            )
+            .unwrap();
+        cluster
+            .create(&nodes, "", json!({"metadata": {"name": "n1"}}), &options())
+            .unwrap();
+        for (name, node) in [("on-node", "n1"), ("unbound", ""), ("elsewhere", "gone")] {
+            let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 20}});
+            cluster.create(&pods, "default", pod, &options()).unwrap();
+        }
+        (cluster, pods)
+    }
+
+    #[test]
+    fn pods_on_a_node_wait_for_the_kubelet_others_go_at_once() {
+        let (mut cluster, pods) = cluster();
+        let marked = cluster
+            .delete(&pods, "default", "on-node", &delete(None))
+            .unwrap();
+        assert!(is_deleting(&marked));
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 20);
+        let shortened = cluster
+            .delete(&pods, "default", "on-node", &delete(Some(5)))
+            .unwrap();
+        assert_eq!(shortened["metadata"]["deletionGracePeriodSeconds"], 5);
+        let kept = cluster
+            .delete(&pods, "default", "on-node", &delete(Some(9)))
+            .unwrap();
+        assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 5);
+        cluster
+            .delete(&pods, "default", "on-node", &delete(Some(0)))
+            .unwrap();
+        assert!(cluster.get(&pods, "default", "on-node").is_err());
+        for name in ["unbound", "elsewhere"] {
+            cluster
+                .delete(&pods, "default", name, &delete(None))
+                .unwrap();
+            assert!(
+                cluster.get(&pods, "default", name).is_err(),
+                "{name} is removed at once"
+            );
+        }
+    }
+}

@@ -592,3 +592,30 @@ async fn kubectl_logs_follow_streams_new_lines() {
     assert_eq!(streamed, Ok(true), "kubectl logs -f showed only {seen:?}");
     assert_eq!(seen.first().map(String::as_str), Some("tick 0"));
 }
+
+#[tokio::test]
+async fn a_pod_bound_after_creation_runs() {
+    let h = cluster().await;
+    let mut pod = shell_pod("bound-later", "echo placed on $(NODE)", "Never");
+    pod["spec"]["nodeName"] = Value::Null;
+    // Nobody else places it: the test binds it by setting spec.nodeName, as a binding does.
+    pod["spec"]["schedulerName"] = json!("manual");
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]);
+    create(&h, pod).await;
+    let unbound = pods(&h).get("bound-later").await.unwrap();
+    assert_eq!(phase(&unbound), "", "an unbound pod is left alone");
+    h.kubectl_ok(&[
+        "patch",
+        "pod",
+        "bound-later",
+        "-p",
+        r#"{"spec":{"nodeName":"local-cpu"}}"#,
+    ])
+    .await;
+    await_pod(&h, "bound-later", "succeed", |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        h.kubectl_ok(&["logs", "bound-later"]).await,
+        "placed on local-cpu\n"
+    );
+}
