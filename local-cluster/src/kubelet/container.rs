@@ -92,6 +92,11 @@ pub enum Event {
         /// Whether it stays exited.
         finished: bool,
     },
+    /// The liveness probe failed; the instance is being killed.
+    Unhealthy {
+        /// Container index.
+        index: usize,
+    },
     /// Waiting before a restart.
     BackingOff {
         /// Container index.
@@ -352,7 +357,7 @@ impl Runner {
         let (status, stopped) = match outcome {
             Outcome::Exited(status) => (status, false),
             Outcome::Unhealthy => {
-                tracing::info!(container = %self.plan.name, pod = %self.logs.pod, "liveness probe failed; killing the container");
+                let _ = self.events.send(Event::Unhealthy { index: self.index });
                 process::signal_group(pid, libc::SIGKILL);
                 (child.wait().await, false)
             }

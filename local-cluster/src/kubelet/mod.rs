@@ -31,10 +31,13 @@
 //! - **Deletion**: a pod deleted with a grace period keeps running with its
 //!   `deletionTimestamp` until its processes exit after SIGTERM (SIGKILL when the grace period
 //!   runs out); then the kubelet deletes it with grace 0 (finalizers still hold it).
+//! - **Events** (`Started`, `Failed` for unresolvable images or config, `BackOff`,
+//!   `Unhealthy`, `Killing`) are recorded on the pod for `kubectl describe`.
 //! - **Logs** go to files per container instance ([`logs`]), served by the `pods/log`
 //!   subresource.
 
 pub mod container;
+pub mod events;
 pub mod expand;
 pub mod images;
 pub mod logs;

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use super::Context;
 use super::container::{Event, LogTarget, RestartPolicy, Runner};
+use super::events::{self, PodEvent, Severity};
 use super::prepare::{self, ContainerPlan, Environment};
 use super::status::{self, ContainerView, PodView, State};
 
@@ -62,11 +63,51 @@ struct Worker {
     readiness_probed: Vec<bool>,
     conditions: Vec<Value>,
     written: Option<Value>,
+    node: String,
+    events: Vec<PodEvent>,
+    recorded_failures: Vec<PodEvent>,
     updates: watch::Receiver<Arc<Pod>>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Worker {
+    fn event(
+        &mut self,
+        severity: Severity,
+        reason: &'static str,
+        index: Option<usize>,
+        message: String,
+    ) {
+        let container = index
+            .and_then(|i| self.views.get(i))
+            .map(|v| v.name.clone());
+        self.events.push(PodEvent {
+            severity,
+            reason,
+            message,
+            container,
+        });
+    }
+
+    /// Record the pending events.
+    async fn flush_events(&mut self) {
+        let subject = events::Subject {
+            namespace: &self.namespace,
+            name: &self.name,
+            uid: &self.uid,
+            node: &self.node,
+        };
+        for event in self.events.drain(..) {
+            events::record(&self.ctx.client, &subject, &event).await;
+        }
+    }
+
+    /// Write the status (when it changed) and record pending events.
+    async fn report(&mut self) {
+        self.write_status().await;
+        self.flush_events().await;
+    }
+
     async fn write_status(&mut self) {
         let now = crate::api::now();
         let status = status::pod_status(&PodView {
@@ -142,6 +183,16 @@ impl Worker {
         let volumes = match prepare::pod_volumes(pod, &env).await {
             Ok(volumes) => volumes,
             Err(message) => {
+                let failure = PodEvent {
+                    severity: Severity::Warning,
+                    reason: "FailedMount",
+                    message: message.clone(),
+                    container: None,
+                };
+                if !self.recorded_failures.contains(&failure) {
+                    self.recorded_failures.push(failure.clone());
+                    self.events.push(failure);
+                }
                 for view in &mut self.views {
                     view.state = State::Waiting {
                         reason: "CreateContainerConfigError".into(),
@@ -165,6 +216,16 @@ impl Worker {
                 }
                 Err(why) => {
                     blocked = true;
+                    let failure = PodEvent {
+                        severity: Severity::Warning,
+                        reason: "Failed",
+                        message: format!("{}: {}", why.reason, why.message),
+                        container: Some(container.name.clone()),
+                    };
+                    if !self.recorded_failures.contains(&failure) {
+                        self.recorded_failures.push(failure.clone());
+                        self.events.push(failure);
+                    }
                     view.state = State::Waiting {
                         reason: why.reason.into(),
                         message: why.message,
@@ -193,6 +254,12 @@ impl Worker {
                     view.pid = Some(pid);
                     view.ready = !self.readiness_probed.get(index).copied().unwrap_or(false);
                 }
+                self.event(
+                    Severity::Normal,
+                    "Started",
+                    Some(index),
+                    format!("Started container as process {pid}"),
+                );
             }
             Event::Ready { index, ready } => {
                 if let Some(view) = self.views.get_mut(index)
@@ -200,6 +267,22 @@ impl Worker {
                 {
                     view.ready = ready;
                 }
+                if !ready {
+                    self.event(
+                        Severity::Warning,
+                        "Unhealthy",
+                        Some(index),
+                        "Readiness probe failed".into(),
+                    );
+                }
+            }
+            Event::Unhealthy { index } => {
+                self.event(
+                    Severity::Warning,
+                    "Unhealthy",
+                    Some(index),
+                    "Liveness probe failed; the container will be killed and restarted".into(),
+                );
             }
             Event::Exited {
                 index,
@@ -214,6 +297,7 @@ impl Worker {
                 }
             }
             Event::BackingOff { index, message } => {
+                self.event(Severity::Warning, "BackOff", Some(index), message.clone());
                 if let Some(view) = self.views.get_mut(index) {
                     if let State::Terminated(previous) = &view.state {
                         view.last = Some(previous.clone());
@@ -256,6 +340,13 @@ pub async fn run(
         start_time: crate::api::now(),
         conditions: Vec::new(),
         written: None,
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        events: Vec::new(),
+        recorded_failures: Vec::new(),
         updates,
         shutdown,
     };
@@ -280,7 +371,7 @@ impl Worker {
     async fn run_containers(&mut self, pod: &Pod) -> End {
         let plans = loop {
             let attempt = self.plans(pod).await;
-            self.write_status().await;
+            self.report().await;
             match attempt {
                 Ok(plans) => break plans,
                 Err(()) => {
@@ -321,13 +412,24 @@ impl Worker {
                     while let Ok(event) = events.try_recv() {
                         self.apply(event);
                     }
-                    self.write_status().await;
+                    self.report().await;
                 }
                 end = self.next_change(None) => if let Some(end) = end { break end },
             }
         };
         let grace = match end {
-            End::Deleting(grace) => grace,
+            End::Deleting(grace) => {
+                for index in 0..self.views.len() {
+                    self.event(
+                        Severity::Normal,
+                        "Killing",
+                        Some(index),
+                        format!("Stopping container (grace period {}s)", grace.as_secs()),
+                    );
+                }
+                self.flush_events().await;
+                grace
+            }
             End::Gone | End::Shutdown => Duration::ZERO,
         };
         let _ = stop.send(Some(grace));

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
@@ -355,6 +355,29 @@ async fn an_unknown_image_waits_with_err_image_pull() {
         message.contains("registry.example/team/nginx:1.25") && message.contains("busybox"),
         "{message}"
     );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(h.cluster.client(), "default");
+    let mut failures = watcher(
+        events,
+        watcher::Config::default().fields("involvedObject.name=unknown"),
+    )
+    .applied_objects()
+    .filter_map(|e| futures::future::ready(e.ok()))
+    .filter(|e| futures::future::ready(e.reason.as_deref() == Some("Failed")))
+    .boxed();
+    let failed = tokio::time::timeout(WAIT, failures.next())
+        .await
+        .ok()
+        .flatten()
+        .expect("a Failed event is recorded");
+    assert!(
+        failed
+            .message
+            .unwrap_or_default()
+            .starts_with("ErrImagePull: ")
+    );
+    let described = h.kubectl_ok(&["describe", "pod", "unknown"]).await;
+    assert!(described.contains("ErrImagePull"), "{described}");
     h.kubectl_ok(&["delete", "pod", "unknown", "--timeout=60s"])
         .await;
 }
