@@ -119,6 +119,22 @@ pub fn render(stored: &[u8], timestamps: bool) -> Vec<u8> {
     out
 }
 
+/// The stored lines written at or after `since` (an RFC 3339 time).
+pub fn since(stored: &[u8], since: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    stored
+        .split_inclusive(|b| *b == b'\n')
+        .filter(|line| {
+            let stamp = line.split(|b| *b == b' ').next().unwrap_or_default();
+            std::str::from_utf8(stamp)
+                .ok()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .is_none_or(|t| t >= since)
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
 /// The last `lines` complete lines of `stored`.
 pub fn tail(stored: &[u8], lines: usize) -> &[u8] {
     if lines == 0 {
@@ -168,5 +184,9 @@ mod tests {
         assert_eq!(render(tail(STORED, 9), false), b"one\ntwo words\nthree\n");
         assert!(tail(STORED, 0).is_empty());
         assert_eq!(complete_lines(b"a\nb"), b"a\n");
+        let later = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:01Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(render(&since(STORED, later), false), b"two words\nthree\n");
     }
 }

@@ -128,7 +128,46 @@ pub fn respond(
         Some(lines) if lines >= 0 => logs::tail(complete, usize::try_from(lines).unwrap_or(0)),
         _ => complete,
     };
-    let first = Bytes::from(logs::render(shown, timestamps));
+    let since = match (params.get("sinceSeconds"), params.get("sinceTime")) {
+        (Some(seconds), _) => {
+            let seconds: i64 = seconds.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "sinceSeconds: Invalid value: {seconds:?}: must be a positive integer"
+                ))
+            })?;
+            Some(chrono::Utc::now() - chrono::Duration::seconds(seconds))
+        }
+        (None, Some(time)) => Some(
+            chrono::DateTime::parse_from_rfc3339(time)
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "sinceTime: Invalid value: {time:?}: must be an RFC 3339 time"
+                    ))
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, None) => None,
+    };
+    let shown = match since {
+        Some(since) => logs::since(shown, since),
+        None => shown.to_vec(),
+    };
+    let limit =
+        match params.get("limitBytes") {
+            Some(limit) => Some(limit.parse::<usize>().ok().filter(|l| *l > 0).ok_or_else(
+                || {
+                    ApiError::bad_request(format!(
+                        "limitBytes: Invalid value: {limit:?}: must be a positive integer"
+                    ))
+                },
+            )?),
+            None => None,
+        };
+    let mut first = logs::render(&shown, timestamps);
+    if let Some(limit) = limit {
+        first.truncate(limit);
+    }
+    let first = Bytes::from(first);
     let mut response = if flag("follow") {
         let follow = Follow {
             shared: shared.clone(),
@@ -138,6 +177,7 @@ pub fn respond(
             log,
             offset: complete.len() as u64,
             timestamps,
+            remaining: limit.map(|l| l - first.len()),
             pending: Some(first),
             ended: false,
         };
@@ -164,6 +204,8 @@ struct Follow {
     log: InstanceLog,
     offset: u64,
     timestamps: bool,
+    /// What `limitBytes` still allows.
+    remaining: Option<usize>,
     pending: Option<Bytes>,
     ended: bool,
 }
@@ -193,11 +235,26 @@ impl Follow {
             .is_some_and(|p| p["metadata"]["uid"].as_str() == Some(self.uid.as_str()))
     }
 
+    /// `chunk` cut to what `limitBytes` still allows; the follow ends at the limit.
+    fn limited(&mut self, mut chunk: Vec<u8>) -> Bytes {
+        if let Some(remaining) = self.remaining.as_mut() {
+            chunk.truncate(*remaining);
+            *remaining -= chunk.len();
+            if *remaining == 0 {
+                self.ended = true;
+            }
+        }
+        Bytes::from(chunk)
+    }
+
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.pending.take()
             && !first.is_empty()
         {
             return Some(first);
+        }
+        if self.remaining == Some(0) {
+            return None;
         }
         loop {
             if self.ended {
@@ -210,7 +267,7 @@ impl Follow {
                 self.ended = true;
             }
             if !new.is_empty() {
-                return Some(Bytes::from(new));
+                return Some(self.limited(new));
             }
             if !finished {
                 tokio::time::sleep(FOLLOW_POLL).await;

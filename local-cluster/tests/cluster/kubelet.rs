@@ -226,6 +226,17 @@ async fn a_pod_that_exits_zero_succeeds_and_its_logs_are_served() {
         h.kubectl_ok(&["logs", "hello", "--tail=1"]).await,
         "second line\n"
     );
+    assert_eq!(
+        h.kubectl_ok(&["logs", "hello", "--limit-bytes=5"]).await,
+        "hello"
+    );
+    assert_eq!(h.kubectl_ok(&["logs", "hello", "--since=1h"]).await, logs);
+    let container = h.kubectl(&["logs", "hello", "-c", "sidecar"]).await;
+    assert!(
+        String::from_utf8_lossy(&container.stderr)
+            .contains("container sidecar is not valid for pod hello"),
+        "{container:?}"
+    );
     let stamped = h.kubectl_ok(&["logs", "hello", "--timestamps"]).await;
     assert!(
         stamped
