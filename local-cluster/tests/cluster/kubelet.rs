@@ -220,6 +220,15 @@ async fn a_pod_that_exits_zero_succeeds_and_its_logs_are_served() {
         .and_then(|s| s.pod_ip.clone())
         .expect("a pod IP");
     assert!(pod_ip.starts_with("127.1."), "{pod_ip}");
+    let row = h
+        .kubectl_ok(&["get", "pod", "hello", "-o", "wide", "--no-headers"])
+        .await;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..4], ["hello", "0/1", "Completed", "0"], "{row}");
+    assert!(
+        cells.contains(&pod_ip.as_str()) && cells.contains(&"local-cpu"),
+        "{row}"
+    );
     let logs = h.kubectl_ok(&["logs", "hello"]).await;
     assert_eq!(logs, format!("hello from hello at {pod_ip}\nsecond line\n"));
     assert_eq!(
