@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aigc_local_cluster::ImageMapping;
+use aigc_local_cluster::{Config, ImageMapping, LocalCluster};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -26,15 +26,16 @@ fn python() -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+fn configure(config: &mut Config) {
+    config.images = vec![
+        ImageMapping::new("busybox", "/bin/sh"),
+        ImageMapping::new("python", python()),
+    ];
+    config.restart_backoff = Duration::from_secs(1);
+}
+
 async fn cluster() -> Harness {
-    Harness::start_with(|config| {
-        config.images = vec![
-            ImageMapping::new("busybox", "/bin/sh"),
-            ImageMapping::new("python", python()),
-        ];
-        config.restart_backoff = Duration::from_secs(1);
-    })
-    .await
+    Harness::start_with(configure).await
 }
 
 fn pods(h: &Harness) -> Api<Pod> {
@@ -72,7 +73,15 @@ async fn await_pod(
     what: &str,
     condition: impl Fn(&Pod) -> bool + Send + 'static,
 ) -> Pod {
-    let api = pods(h);
+    await_pod_in(pods(h), name, what, condition).await
+}
+
+async fn await_pod_in(
+    api: Api<Pod>,
+    name: &str,
+    what: &str,
+    condition: impl Fn(&Pod) -> bool + Send + 'static,
+) -> Pod {
     let waited = tokio::time::timeout(
         WAIT,
         await_condition(api.clone(), name, move |pod: Option<&Pod>| {
@@ -661,4 +670,40 @@ async fn a_pod_bound_after_creation_runs() {
         h.kubectl_ok(&["logs", "bound-later"]).await,
         "placed on local-cpu\n"
     );
+}
+
+#[tokio::test]
+async fn a_persisted_cluster_runs_its_pods_again_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let start = || async {
+        let mut config = Config::new(dir.path().join("data"));
+        config.persist = true;
+        configure(&mut config);
+        LocalCluster::start(config)
+            .await
+            .expect("the cluster starts")
+    };
+    let first = start().await;
+    let api: Api<Pod> = Api::namespaced(first.client(), "default");
+    let pod =
+        serde_json::from_value(shell_pod("durable", "echo up; exec sleep 300", "Always")).unwrap();
+    api.create(&PostParams::default(), &pod)
+        .await
+        .expect("created");
+    let before = await_pod_in(api, "durable", "run", is_running).await;
+    let old_pid = pid_of(&before);
+    first.shutdown().await.expect("the cluster stops");
+    assert_eq!(live_group_members(old_pid), Vec::<u32>::new());
+
+    let second = start().await;
+    let api: Api<Pod> = Api::namespaced(second.client(), "default");
+    let after = await_pod_in(api, "durable", "run again", move |p| {
+        is_running(p) && pid_of(p) != old_pid
+    })
+    .await;
+    let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
+    assert_eq!(ip(&after), ip(&before), "the pod keeps its IP");
+    let new_pid = pid_of(&after);
+    second.shutdown().await.expect("the cluster stops");
+    assert_eq!(live_group_members(new_pid), Vec::<u32>::new());
 }
