@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::Error;
@@ -158,6 +158,20 @@ fn client_error(context: &str) -> impl Fn(kube::Error) -> Error + '_ {
     move |e| Error::Client(format!("{context}: {e}"))
 }
 
+/// Replace the node's whole status (so capacities dropped from the config disappear).
+async fn post_status(
+    api: &Api<Node>,
+    node: &NodeConfig,
+    now: &str,
+    ready_since: &str,
+) -> Result<Node, kube::Error> {
+    let mut current = api.get_status(&node.name).await?;
+    current.status = serde_json::from_value(node.node_status(now, ready_since)).ok();
+    current.metadata.managed_fields = None;
+    api.replace_status(&node.name, &PostParams::default(), &current)
+        .await
+}
+
 /// Create or update every configured node, and remove simulated nodes no longer configured.
 pub async fn register(client: &kube::Client, nodes: &[NodeConfig]) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client.clone());
@@ -167,16 +181,12 @@ pub async fn register(client: &kube::Client, nodes: &[NodeConfig]) -> Result<(),
         api.patch(&node.name, &params, &Patch::Apply(node.node_object()))
             .await
             .map_err(client_error(&format!("registering node {}", node.name)))?;
-        api.patch_status(
-            &node.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": node.node_status(&now, &now)})),
-        )
-        .await
-        .map_err(client_error(&format!(
-            "posting the status of node {}",
-            node.name
-        )))?;
+        post_status(&api, node, &now, &now)
+            .await
+            .map_err(client_error(&format!(
+                "posting the status of node {}",
+                node.name
+            )))?;
     }
     let simulated = api
         .list_metadata(&ListParams::default().labels(&format!("{SIMULATED_LABEL}=true")))
@@ -219,11 +229,7 @@ pub async fn heartbeat(client: &kube::Client, nodes: &[NodeConfig], ready_since:
         {
             tracing::warn!(node = %node.name, error = %e, "renewing the node lease failed");
         }
-        let status = json!({"status": node.node_status(&now, ready_since)});
-        if let Err(e) = api
-            .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(status))
-            .await
-        {
+        if let Err(e) = post_status(&api, node, &now, ready_since).await {
             tracing::warn!(node = %node.name, error = %e, "posting the node heartbeat failed");
         }
     }

@@ -445,7 +445,11 @@ impl Worker {
         match end {
             End::Shutdown => return,
             End::Deleting(_) => {
-                self.write_status().await;
+                // Only a status this worker reported is brought up to date: a pod that finished
+                // before a restart keeps the status it finished with.
+                if self.written.is_some() {
+                    self.write_status().await;
+                }
                 let params = DeleteParams {
                     grace_period_seconds: Some(0),
                     preconditions: Some(Preconditions {

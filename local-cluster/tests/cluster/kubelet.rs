@@ -707,3 +707,44 @@ async fn a_persisted_cluster_runs_its_pods_again_after_a_restart() {
     second.shutdown().await.expect("the cluster stops");
     assert_eq!(live_group_members(new_pid), Vec::<u32>::new());
 }
+
+#[tokio::test]
+async fn a_changed_node_config_replaces_the_saved_nodes() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let config = |nodes: Vec<aigc_local_cluster::NodeConfig>| {
+        let mut config = Config::new(dir.path().join("data"));
+        config.persist = true;
+        config.nodes = nodes;
+        config
+    };
+    let first = LocalCluster::start(config(vec![
+        aigc_local_cluster::NodeConfig::gpu("local-cpu", 1),
+        aigc_local_cluster::NodeConfig::cpu("other"),
+    ]))
+    .await
+    .expect("the cluster starts");
+    first.shutdown().await.expect("the cluster stops");
+    let mut small = aigc_local_cluster::NodeConfig::cpu("local-cpu");
+    small.capacity.insert("cpu".into(), "2".into());
+    let second = LocalCluster::start(config(vec![small]))
+        .await
+        .expect("the cluster starts again");
+    let nodes: Api<Node> = Api::all(second.client());
+    let names: Vec<String> = nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, ["local-cpu"]);
+    let node = nodes.get("local-cpu").await.unwrap();
+    let capacity = node.status.unwrap().capacity.unwrap();
+    assert_eq!(capacity["cpu"].0, "2");
+    assert!(!capacity.contains_key("nvidia.com/gpu"), "{capacity:?}");
+    let labels = node.metadata.labels.unwrap_or_default();
+    assert!(!labels.contains_key("nvidia.com/gpu.product"), "{labels:?}");
+    assert!(node.spec.unwrap().taints.unwrap_or_default().is_empty());
+    second.shutdown().await.expect("the cluster stops");
+}
