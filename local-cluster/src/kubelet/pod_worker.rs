@@ -102,10 +102,11 @@ impl Worker {
         }
     }
 
-    /// Write the status (when it changed) and record pending events.
+    /// Record pending events, then write the status (when it changed): a client that sees a
+    /// status finds the events that led to it.
     async fn report(&mut self) {
-        self.write_status().await;
         self.flush_events().await;
+        self.write_status().await;
     }
 
     async fn write_status(&mut self) {

@@ -748,3 +748,47 @@ async fn a_changed_node_config_replaces_the_saved_nodes() {
     assert!(node.spec.unwrap().taints.unwrap_or_default().is_empty());
     second.shutdown().await.expect("the cluster stops");
 }
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() {
+    let h = cluster().await;
+    let mut pod = shell_pod("unhealthy", "exec sleep 300", "Always");
+    // Nothing listens on the port: every probe fails.
+    pod["spec"]["containers"][0]["livenessProbe"] =
+        json!({"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 1});
+    create(&h, pod).await;
+    let restarted = await_pod(&h, "unhealthy", "be restarted", |p| {
+        main_status(p)["restartCount"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(
+        main_status(&restarted)["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    let events = h
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=unhealthy,reason=Unhealthy",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .await;
+    assert!(events.contains("Liveness probe failed"), "{events}");
+}
+
+#[tokio::test]
+async fn an_exec_readiness_probe_sees_the_rewritten_volume_path() {
+    let h = cluster().await;
+    let mut pod = shell_pod("exec-ready", "touch /data/ready; exec sleep 300", "Always");
+    pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"exec": {"command": ["test", "-e", "/data/ready"]}, "periodSeconds": 1});
+    create(&h, pod).await;
+    await_pod(&h, "exec-ready", "become ready", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
+}
