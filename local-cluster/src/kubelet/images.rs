@@ -132,6 +132,30 @@ mod tests {
     }
 
     #[test]
+    fn worker_and_operator_images_of_any_registry_run_the_binaries_beside_us() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aigc-worker"), b"").unwrap();
+        let images = Images::new(Vec::new(), dir.path().to_owned());
+        for image in [
+            "aigc-worker",
+            "ghcr.io/acme/aigc-worker:0.1.0",
+            "localhost:5000/aigc-worker@sha256:ab",
+        ] {
+            assert_eq!(
+                images.resolve(image).unwrap(),
+                dir.path().join("aigc-worker"),
+                "{image}"
+            );
+        }
+        assert!(
+            images
+                .resolve("aigc-operator:1")
+                .unwrap_err()
+                .contains("cargo build --bin aigc-operator")
+        );
+    }
+
+    #[test]
     fn mappings_match_by_reference_repository_or_short_name() {
         let images = Images::new(
             vec![ImageMapping::new("busybox", "/bin/sh")],
