@@ -146,6 +146,35 @@ pub fn columns(resource: &Resource) -> Vec<PrinterColumn> {
 /// there is one, else the phase.
 fn pod_status_reason(object: &Value) -> String {
     let status = &object["status"];
+    let init = status["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (done, container) in init.iter().enumerate() {
+        let state = &container["state"];
+        if state["terminated"]["exitCode"] == json!(0) {
+            continue;
+        }
+        return match (
+            state["terminated"].as_object(),
+            state["waiting"]["reason"].as_str(),
+        ) {
+            (Some(terminated), _) => match terminated.get("reason").and_then(Value::as_str) {
+                Some(reason) if !reason.is_empty() => format!("Init:{reason}"),
+                _ => format!(
+                    "Init:ExitCode:{}",
+                    terminated
+                        .get("exitCode")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+            },
+            (None, Some(reason)) if !reason.is_empty() && reason != "PodInitializing" => {
+                format!("Init:{reason}")
+            }
+            _ => format!("Init:{done}/{}", init.len()),
+        };
+    }
     let mut reason = status["reason"]
         .as_str()
         .or_else(|| status["phase"].as_str())
@@ -422,6 +451,9 @@ mod tests {
         assert_eq!(pod_status_reason(&pod(pulling, "Pending")), "ErrImagePull");
         let done = json!([{"state": {"terminated": {"reason": "Completed", "exitCode": 0}}}]);
         assert_eq!(pod_status_reason(&pod(done, "Succeeded")), "Completed");
+        let initializing = json!({"status": {"phase": "Pending",
+            "initContainerStatuses": [{"state": {"terminated": {"exitCode": 0}}}, {"state": {"running": {}}}]}});
+        assert_eq!(pod_status_reason(&initializing), "Init:1/2");
         let running = json!([{"ready": true, "state": {"running": {}}}]);
         assert_eq!(pod_status_reason(&pod(running, "Running")), "Running");
     }

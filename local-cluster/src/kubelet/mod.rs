@@ -26,8 +26,10 @@
 //!   (`httpGet`, `tcpSocket`, `exec`; HTTPS probes only check the connection); pod phase and
 //!   the `PodScheduled`, `Initialized`, `ContainersReady` and `Ready` conditions. Restarts
 //!   follow `restartPolicy`: the first at once, then 10s (configurable), doubling to 5 minutes,
-//!   reported as `CrashLoopBackOff`. Init containers, startup probes and ephemeral containers
-//!   are not run.
+//!   reported as `CrashLoopBackOff`. Init containers run one after another before the
+//!   containers, each until it succeeds (once, with `restartPolicy: Never`; a failure then
+//!   fails the pod). Startup probes, sidecar (restartable init) containers and ephemeral
+//!   containers are not supported.
 //! - **Deletion**: a pod deleted with a grace period keeps running with its
 //!   `deletionTimestamp` until its processes exit after SIGTERM (SIGKILL when the grace period
 //!   runs out); then the kubelet deletes it with grace 0 (finalizers still hold it).

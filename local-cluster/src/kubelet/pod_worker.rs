@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -47,6 +47,14 @@ fn grace_period(pod: &Pod) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
+/// The init containers, then the containers.
+fn all_containers(pod: &Pod) -> Vec<&Container> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .collect()
+}
+
 fn is_deleting(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
@@ -59,7 +67,10 @@ struct Worker {
     uid: String,
     pod_ip: String,
     start_time: String,
+    /// Init containers first, then the containers; runner events index into this.
     views: Vec<ContainerView>,
+    /// How many of `views` are init containers.
+    init_count: usize,
     readiness_probed: Vec<bool>,
     conditions: Vec<Value>,
     written: Option<Value>,
@@ -113,6 +124,7 @@ impl Worker {
         let now = crate::api::now();
         let status = status::pod_status(&PodView {
             containers: &self.views,
+            init_count: self.init_count,
             pod_ip: Some(&self.pod_ip),
             start_time: &self.start_time,
             previous_conditions: &self.conditions,
@@ -205,12 +217,22 @@ impl Worker {
         };
         let mut plans = Vec::new();
         let mut blocked = false;
-        let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
-        for (container, view) in containers.zip(self.views.iter_mut()) {
+        let containers = all_containers(pod);
+        let init_count = self.init_count;
+        for (index, (container, view)) in containers
+            .into_iter()
+            .zip(self.views.iter_mut())
+            .enumerate()
+        {
             match prepare::container_plan(pod, container, &volumes, &env).await {
                 Ok(plan) => {
+                    let reason = if index >= init_count && init_count > 0 {
+                        "PodInitializing"
+                    } else {
+                        "ContainerCreating"
+                    };
                     view.state = State::Waiting {
-                        reason: "ContainerCreating".into(),
+                        reason: reason.into(),
                         message: String::new(),
                     };
                     plans.push(plan);
@@ -325,14 +347,23 @@ pub async fn run(
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
     let pod_ip = ctx.ips.allocate(&uid, status.pod_ip.as_deref());
-    let containers = pod.spec.iter().flat_map(|s| s.containers.iter());
+    let init_count = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .map_or(0, Vec::len);
+    let containers = all_containers(&pod);
     let mut worker = Worker {
         api: Api::namespaced(ctx.client.clone(), &namespace),
+        init_count,
         views: containers
-            .clone()
+            .iter()
             .map(|c| ContainerView::creating(&c.name, c.image.as_deref().unwrap_or("")))
             .collect(),
-        readiness_probed: containers.map(|c| c.readiness_probe.is_some()).collect(),
+        readiness_probed: containers
+            .iter()
+            .map(|c| c.readiness_probe.is_some())
+            .collect(),
         ctx,
         namespace,
         name,
@@ -387,31 +418,43 @@ impl Worker {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(None);
         let mut runners = JoinSet::new();
-        for (index, plan) in plans.into_iter().enumerate() {
+        let mut pending: Vec<Option<ContainerPlan>> = plans.into_iter().map(Some).collect();
+        let mut start = |index: usize, plan: ContainerPlan, worker: &Worker| {
+            // Init containers run until they succeed, unless the pod never restarts anything.
+            let policy = match (index < worker.init_count, policy) {
+                (true, RestartPolicy::Never) => RestartPolicy::Never,
+                (true, _) => RestartPolicy::OnFailure,
+                (false, policy) => policy,
+            };
             let runner = Runner {
                 index,
                 plan,
                 policy,
-                backoff_base: self.ctx.backoff_base,
+                backoff_base: worker.ctx.backoff_base,
                 logs: LogTarget {
-                    dir: self.ctx.logs.clone(),
-                    namespace: self.namespace.clone(),
-                    pod: self.name.clone(),
-                    uid: self.uid.clone(),
+                    dir: worker.ctx.logs.clone(),
+                    namespace: worker.namespace.clone(),
+                    pod: worker.name.clone(),
+                    uid: worker.uid.clone(),
                 },
-                processes: self.ctx.processes.clone(),
+                processes: worker.ctx.processes.clone(),
                 events: events_tx.clone(),
                 stop: stop_rx.clone(),
             };
             runners.spawn(runner.run());
+        };
+        for (index, plan) in self.startable(&mut pending) {
+            start(index, plan, self);
         }
-        drop(events_tx);
         let end = loop {
             tokio::select! {
                 Some(event) = events.recv() => {
                     self.apply(event);
                     while let Ok(event) = events.try_recv() {
                         self.apply(event);
+                    }
+                    for (index, plan) in self.startable(&mut pending) {
+                        start(index, plan, self);
                     }
                     self.report().await;
                 }
@@ -439,6 +482,30 @@ impl Worker {
             self.apply(event);
         }
         end
+    }
+
+    /// The containers to start now: the first init container not yet completed, or, once all
+    /// completed, every container; nothing after an init container failed for good.
+    fn startable(&self, pending: &mut [Option<ContainerPlan>]) -> Vec<(usize, ContainerPlan)> {
+        for index in 0..self.init_count.min(pending.len()) {
+            let view = &self.views[index];
+            let succeeded =
+                view.finished && matches!(&view.state, State::Terminated(t) if t.exit_code == 0);
+            if succeeded {
+                continue;
+            }
+            return pending[index]
+                .take()
+                .map(|plan| (index, plan))
+                .into_iter()
+                .collect();
+        }
+        pending
+            .iter_mut()
+            .enumerate()
+            .skip(self.init_count)
+            .filter_map(|(index, plan)| plan.take().map(|plan| (index, plan)))
+            .collect()
     }
 
     /// After the containers stopped: delete the pod, or just clean up, or keep everything.

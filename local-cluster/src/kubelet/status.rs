@@ -145,8 +145,10 @@ pub fn container_status(c: &ContainerView) -> Value {
 
 /// Everything the pod status is computed from.
 pub struct PodView<'a> {
-    /// The containers.
+    /// The init containers, then the containers.
     pub containers: &'a [ContainerView],
+    /// How many of `containers` are init containers.
+    pub init_count: usize,
     /// `status.podIP`, once allocated.
     pub pod_ip: Option<&'a str>,
     /// When the kubelet first saw the pod.
@@ -178,10 +180,34 @@ fn condition(
     value
 }
 
+fn succeeded(c: &ContainerView) -> bool {
+    c.finished && matches!(&c.state, State::Terminated(t) if t.exit_code == 0)
+}
+
+/// Whether every init container has completed successfully.
+pub fn initialized(init: &[ContainerView]) -> bool {
+    init.iter().all(succeeded)
+}
+
+/// The pod phase with init containers: `Failed` once one failed for good, `Pending` until
+/// all completed, then as the containers say.
+pub fn pod_phase(init: &[ContainerView], containers: &[ContainerView]) -> &'static str {
+    if initialized(init) {
+        phase(containers)
+    } else if init.iter().any(|c| c.finished && !succeeded(c)) {
+        "Failed"
+    } else {
+        "Pending"
+    }
+}
+
 /// The whole `status` object.
 pub fn pod_status(view: &PodView) -> Value {
-    let phase = phase(view.containers);
-    let all_ready = !view.containers.is_empty() && view.containers.iter().all(|c| c.ready);
+    let split = view.init_count.min(view.containers.len());
+    let (init, containers) = view.containers.split_at(split);
+    let phase = pod_phase(init, containers);
+    let initialized = initialized(init);
+    let all_ready = !containers.is_empty() && containers.iter().all(|c| c.ready);
     let not_ready_reason = match phase {
         "Succeeded" | "Failed" => Some("PodCompleted"),
         _ if all_ready => None,
@@ -190,7 +216,13 @@ pub fn pod_status(view: &PodView) -> Value {
     let previous = view.previous_conditions;
     let conditions = vec![
         condition(previous, "PodScheduled", true, None, view.now),
-        condition(previous, "Initialized", true, None, view.now),
+        condition(
+            previous,
+            "Initialized",
+            initialized,
+            (!initialized).then_some("ContainersNotInitialized"),
+            view.now,
+        ),
         condition(
             previous,
             "ContainersReady",
@@ -206,8 +238,18 @@ pub fn pod_status(view: &PodView) -> Value {
         "hostIP": "127.0.0.1",
         "hostIPs": [{"ip": "127.0.0.1"}],
         "startTime": view.start_time,
-        "containerStatuses": view.containers.iter().map(container_status).collect::<Vec<_>>(),
+        "containerStatuses": containers.iter().map(container_status).collect::<Vec<_>>(),
     });
+    if !init.is_empty() {
+        status["initContainerStatuses"] = init
+            .iter()
+            .map(|c| {
+                let mut status = container_status(c);
+                status["ready"] = json!(succeeded(c));
+                status
+            })
+            .collect();
+    }
     if let Some(ip) = view.pod_ip {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{"ip": ip}]);
@@ -265,6 +307,46 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_hold_the_pod_pending_or_fail_it() {
+        let waiting = ContainerView::creating("main", "x");
+        let running_init = container(
+            State::Running {
+                started_at: "t".into(),
+            },
+            false,
+        );
+        let done = container(State::Terminated(exited(0)), true);
+        let failed = container(State::Terminated(exited(2)), true);
+        assert_eq!(pod_phase(&[running_init], &[waiting.clone()]), "Pending");
+        assert_eq!(pod_phase(&[failed.clone()], &[waiting.clone()]), "Failed");
+        assert_eq!(pod_phase(&[done.clone()], &[done.clone()]), "Succeeded");
+        let status = pod_status(&PodView {
+            containers: &[failed, waiting],
+            init_count: 1,
+            pod_ip: None,
+            start_time: "t",
+            previous_conditions: &[],
+            now: "now",
+        });
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(
+            status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+            2
+        );
+        assert_eq!(
+            status["containerStatuses"].as_array().map(Vec::len),
+            Some(1)
+        );
+        let initialized = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Initialized")
+            .unwrap();
+        assert_eq!(initialized["status"], "False");
+    }
+
+    #[test]
     fn readiness_conditions_keep_their_transition_time() {
         let mut ready = container(
             State::Running {
@@ -278,6 +360,7 @@ mod tests {
             vec![json!({"type": "Ready", "status": "True", "lastTransitionTime": "earlier"})];
         let status = pod_status(&PodView {
             containers: &containers,
+            init_count: 0,
             pod_ip: Some("127.1.0.1"),
             start_time: "t",
             previous_conditions: &previous,

@@ -90,9 +90,11 @@ pub fn respond(
         })?;
     let container = container_of(&pod, &name, params.get("container").map(String::as_str))?;
     let flag = |key: &str| params.get(key).is_some_and(|v| v == "true" || v == "1");
-    let status = pod["status"]["containerStatuses"]
-        .as_array()
-        .and_then(|s| s.iter().find(|c| c["name"] == container.as_str()))
+    let status = ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .filter_map(|field| pod["status"][field].as_array())
+        .flatten()
+        .find(|c| c["name"] == container.as_str())
         .cloned()
         .unwrap_or(Value::Null);
     let restarts = status["restartCount"]

@@ -792,3 +792,46 @@ async fn an_exec_readiness_probe_sees_the_rewritten_volume_path() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn init_containers_run_in_order_before_the_containers() {
+    let h = cluster().await;
+    let mut pod = shell_pod("initialized", "cat /work/steps", "Never");
+    pod["spec"]["volumes"] = json!([{"name": "work", "emptyDir": {}}]);
+    let mount = json!([{"name": "work", "mountPath": "/work"}]);
+    pod["spec"]["containers"][0]["volumeMounts"] = mount.clone();
+    pod["spec"]["initContainers"] = json!([
+        {"name": "first", "image": "busybox", "command": ["sh", "-c", "echo first > /work/steps"], "volumeMounts": mount},
+        {"name": "second", "image": "busybox", "command": ["sh", "-c", "echo second >> /work/steps; echo init log"], "volumeMounts": mount},
+    ]);
+    create(&h, pod).await;
+    let done = await_pod(&h, "initialized", "succeed", |p| phase(p) == "Succeeded").await;
+    assert_eq!(condition(&done, "Initialized").as_deref(), Some("True"));
+    assert_eq!(
+        h.kubectl_ok(&["logs", "initialized"]).await,
+        "first\nsecond\n"
+    );
+    assert_eq!(
+        h.kubectl_ok(&["logs", "initialized", "-c", "second"]).await,
+        "init log\n"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_init_container_fails_the_pod_without_starting_the_containers() {
+    let h = cluster().await;
+    let mut pod = shell_pod("init-fails", "echo never", "Never");
+    pod["spec"]["initContainers"] =
+        json!([{"name": "setup", "image": "busybox", "command": ["sh", "-c", "exit 4"]}]);
+    create(&h, pod).await;
+    let failed = await_pod(&h, "init-fails", "fail", |p| phase(p) == "Failed").await;
+    assert_eq!(
+        main_status(&failed)["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(condition(&failed, "Initialized").as_deref(), Some("False"));
+    let row = h
+        .kubectl_ok(&["get", "pod", "init-fails", "--no-headers"])
+        .await;
+    assert_eq!(row.split_whitespace().nth(2), Some("Init:Error"), "{row}");
+}
