@@ -317,9 +317,10 @@ mod tests {
         );
         let done = container(State::Terminated(exited(0)), true);
         let failed = container(State::Terminated(exited(2)), true);
-        assert_eq!(pod_phase(&[running_init], &[waiting.clone()]), "Pending");
-        assert_eq!(pod_phase(&[failed.clone()], &[waiting.clone()]), "Failed");
-        assert_eq!(pod_phase(&[done.clone()], &[done.clone()]), "Succeeded");
+        let one = std::slice::from_ref;
+        assert_eq!(pod_phase(one(&running_init), one(&waiting)), "Pending");
+        assert_eq!(pod_phase(one(&failed), one(&waiting)), "Failed");
+        assert_eq!(pod_phase(one(&done), one(&done)), "Succeeded");
         let status = pod_status(&PodView {
             containers: &[failed, waiting],
             init_count: 1,
