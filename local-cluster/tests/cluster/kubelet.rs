@@ -309,7 +309,23 @@ async fn a_killed_process_is_restarted_and_its_previous_logs_kept() {
         h.kubectl_ok(&["logs", "restarts", "--previous"]).await,
         "started\n"
     );
-    assert_eq!(h.kubectl_ok(&["logs", "restarts"]).await, "started\n");
+    // The new instance may not have printed yet: follow its log for the first line.
+    assert_eq!(first_followed_line(&h, "restarts").await, "started");
+}
+
+/// The first line `kubectl logs -f` shows for the pod.
+async fn first_followed_line(h: &Harness, pod: &str) -> String {
+    let mut follow = h.kubectl_command(&["logs", "-f", pod]);
+    follow.stdout(std::process::Stdio::piped());
+    let mut child = follow.spawn().expect("kubectl starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line()).await;
+    let _ = child.kill().await;
+    match line {
+        Ok(Ok(Some(line))) => line,
+        other => panic!("kubectl logs -f {pod} showed no line: {other:?}"),
+    }
 }
 
 #[tokio::test]
