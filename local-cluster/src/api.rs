@@ -80,6 +80,8 @@ pub struct DeleteOptions {
     pub resource_version: Option<String>,
     /// `?dryRun=All`.
     pub dry_run: bool,
+    /// `gracePeriodSeconds`: how long a pod running on a node gets to stop.
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// Finalizer the namespace lifecycle holds until a namespace is empty.
@@ -764,7 +766,8 @@ impl Cluster {
             && object["spec"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
-        if finalizers.is_empty() && !namespace_finalizing {
+        let graceful = self.pod_grace_period(resource, &old, options.grace_period_seconds);
+        if finalizers.is_empty() && !namespace_finalizing && graceful.is_none() {
             return self
                 .remove(resource, namespace, name)
                 .map(|o| present(resource, &o));
@@ -772,7 +775,13 @@ impl Cluster {
         set_finalizers(&mut object, &finalizers);
         if !is_deleting(&object) {
             object["metadata"]["deletionTimestamp"] = json!(now());
-            object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(graceful.unwrap_or(0));
+        } else if let Some(grace) = graceful
+            && object["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_none_or(|current| grace < current)
+        {
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
         self.gc_pending = true;
         if comparable(&object, false) == comparable(&old, false) {
@@ -783,6 +792,38 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// The grace period of a pod deletion that must wait for the kubelet: the pod runs on an
+    /// existing node, has not finished, and no zero grace period was asked for. `None` means
+    /// the pod goes at once, as the API server's pod strategy decides.
+    fn pod_grace_period(
+        &self,
+        resource: &Resource,
+        pod: &Value,
+        requested: Option<i64>,
+    ) -> Option<i64> {
+        if !(resource.builtin && resource.group.is_empty() && resource.plural == "pods") {
+            return None;
+        }
+        let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
+        let nodes = crate::resources::ResourceKey {
+            group: String::new(),
+            plural: "nodes".to_owned(),
+        };
+        self.store.get(&nodes, "", node)?;
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+            return None;
+        }
+        let grace = requested
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30);
+        (grace > 0).then_some(grace)
+    }
+}
+
 /// An object as served at `resource`'s version (versions of a CRD differ only in apiVersion).
 pub fn present(resource: &Resource, object: &Value) -> Value {
     let mut object = object.clone();
@@ -790,4 +831,85 @@ pub fn present(resource: &Resource, object: &Value) -> Value {
         object["apiVersion"] = json!(resource.api_version());
     }
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> WriteOptions {
+        WriteOptions {
+            dry_run: false,
+            field_manager: "test".into(),
+            validation: FieldValidation::Strict,
+            apply: false,
+        }
+    }
+
+    fn delete(grace: Option<i64>) -> DeleteOptions {
+        DeleteOptions {
+            propagation: Propagation::Background,
+            uid: None,
+            resource_version: None,
+            dry_run: false,
+            grace_period_seconds: grace,
+        }
+    }
+
+    /// A cluster with the node `n1` and the pods `on-node` (bound to it), `unbound` and
+    /// `elsewhere` (bound to a node that does not exist).
+    fn cluster() -> (Cluster, Arc<Resource>) {
+        let mut cluster = Cluster::new(100);
+        let get = |c: &Cluster, plural: &str| c.registry.get("", "v1", plural).unwrap();
+        let namespaces = get(&cluster, "namespaces");
+        let nodes = get(&cluster, "nodes");
+        let pods = get(&cluster, "pods");
+        cluster
+            .create(
+                &namespaces,
+                "",
+                json!({"metadata": {"name": "default"}}),
+                &options(),
+            )
+            .unwrap();
+        cluster
+            .create(&nodes, "", json!({"metadata": {"name": "n1"}}), &options())
+            .unwrap();
+        for (name, node) in [("on-node", "n1"), ("unbound", ""), ("elsewhere", "gone")] {
+            let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 20}});
+            cluster.create(&pods, "default", pod, &options()).unwrap();
+        }
+        (cluster, pods)
+    }
+
+    #[test]
+    fn pods_on_a_node_wait_for_the_kubelet_others_go_at_once() {
+        let (mut cluster, pods) = cluster();
+        let marked = cluster
+            .delete(&pods, "default", "on-node", &delete(None))
+            .unwrap();
+        assert!(is_deleting(&marked));
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 20);
+        let shortened = cluster
+            .delete(&pods, "default", "on-node", &delete(Some(5)))
+            .unwrap();
+        assert_eq!(shortened["metadata"]["deletionGracePeriodSeconds"], 5);
+        let kept = cluster
+            .delete(&pods, "default", "on-node", &delete(Some(9)))
+            .unwrap();
+        assert_eq!(kept["metadata"]["deletionGracePeriodSeconds"], 5);
+        cluster
+            .delete(&pods, "default", "on-node", &delete(Some(0)))
+            .unwrap();
+        assert!(cluster.get(&pods, "default", "on-node").is_err());
+        for name in ["unbound", "elsewhere"] {
+            cluster
+                .delete(&pods, "default", name, &delete(None))
+                .unwrap();
+            assert!(
+                cluster.get(&pods, "default", name).is_err(),
+                "{name} is removed at once"
+            );
+        }
+    }
 }

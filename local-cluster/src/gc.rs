@@ -30,6 +30,7 @@ const BACKGROUND: DeleteOptions = DeleteOptions {
     uid: None,
     resource_version: None,
     dry_run: false,
+    grace_period_seconds: None,
 };
 
 impl Cluster {

@@ -4,9 +4,16 @@
 //! kube-rs, Helm): [`LocalCluster::start`] serves the REST API over HTTPS (a fresh self-signed
 //! CA, written into a kubeconfig) and plain HTTP on loopback, with discovery, OpenAPI for
 //! custom resources, watches, patches, server-side apply, finalizers and garbage collection,
-//! and CRD schema enforcement ([`schema`]). With `Config::workloads` it also runs the default
-//! scheduler and the Deployment, ReplicaSet, Job and endpoints controllers and a TCP proxy per
-//! Service ([`workloads`]). It depends on no other crate of this workspace.
+//! and CRD schema enforcement ([`schema`]). It depends on no other crate of this workspace.
+//!
+//! With [`Config::workloads`] (the default) it also runs what makes pods run: simulated
+//! [`nodes`] with capacity, labels, taints and heartbeats; the default scheduler, the
+//! Deployment, ReplicaSet, Job and endpoints controllers and a TCP proxy per Service
+//! ([`workloads`]); and the process [`kubelet`], which runs every pod bound to a simulated node
+//! as local processes and serves their logs through `pods/log` (its module docs list what it
+//! does and how it differs from a real kubelet).
+//! Pods on a simulated node are deleted gracefully: they keep their `deletionTimestamp` until
+//! the kubelet has stopped their processes.
 
 pub mod api;
 pub mod binding;
@@ -14,7 +21,9 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod gc;
+pub mod kubelet;
 pub mod managed;
+pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -40,6 +49,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::api::{Cluster, FieldValidation, WriteOptions};
+pub use crate::kubelet::images::ImageMapping;
+use crate::kubelet::process::ProcessTable;
+pub use crate::nodes::{NodeConfig, NodeTaint};
 use crate::server::{Settings, Shared};
 
 /// Errors starting or stopping the cluster.
@@ -94,9 +106,20 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Run the default scheduler, the Deployment/ReplicaSet/Job/endpoints controllers and the
-    /// Service proxies ([`workloads`]).
+    /// Simulated nodes (default: `local-cpu` and `local-gpu`, see [`NodeConfig::defaults`]).
+    pub nodes: Vec<NodeConfig>,
+    /// Image -> executable mappings tried before the default `aigc-worker`/`aigc-operator` ones.
+    pub images: Vec<ImageMapping>,
+    /// Where the `aigc-worker` and `aigc-operator` binaries are (default: next to the running
+    /// executable; from a test binary in `target/<profile>/deps`, its parent).
+    pub binary_dir: Option<PathBuf>,
+    /// Root of hostPath volumes: `/x/y` is `<root>/x/y` (created on demand); unset, hostPath
+    /// volumes are the host's own paths.
+    pub host_path_root: Option<PathBuf>,
+    /// Run the nodes, the kubelet and the workload controllers inside the cluster.
     pub workloads: bool,
+    /// The kubelet's first non-zero restart back-off (doubling up to 5 minutes).
+    pub restart_backoff: Duration,
 }
 
 impl Config {
@@ -110,14 +133,22 @@ impl Config {
             watch_history: 100_000,
             bookmark_interval: Duration::from_secs(15),
             max_body_bytes: 3 * 1024 * 1024,
+            nodes: NodeConfig::defaults(),
+            images: Vec::new(),
+            binary_dir: None,
+            host_path_root: None,
             workloads: true,
+            restart_backoff: Duration::from_secs(10),
         }
     }
 }
 
-/// A running embedded API server. Dropping it without [`LocalCluster::shutdown`] stops the
-/// listeners when the runtime ends, without saving state.
+/// A running embedded API server (and, with [`Config::workloads`], its nodes and kubelet).
+/// Dropping it without [`LocalCluster::shutdown`] stops the listeners and background tasks
+/// and kills every container process, without saving state.
 pub struct LocalCluster {
+    processes: Arc<ProcessTable>,
+    claims_dir: PathBuf,
     shared: Arc<Shared>,
     https_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -129,6 +160,7 @@ pub struct LocalCluster {
 }
 
 const STATE_FILE: &str = "state.json";
+const KUBELET_DIR: &str = "kubelet";
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 async fn bind(port: u16) -> Result<TcpListener, Error> {
@@ -209,6 +241,54 @@ fn internal_client(http_addr: SocketAddr) -> Result<kube::Client, Error> {
     kube::Client::try_from(kube::Config::new(url)).map_err(|e| Error::Client(e.to_string()))
 }
 
+/// Where the kubelet keeps the persistent directories of claims: `<this>/<namespace>/<claim>`.
+fn claims_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(KUBELET_DIR).join("claims")
+}
+
+/// Resolves once `stop` turns true or its sender is gone.
+pub(crate) async fn until_stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The background tasks behind [`Config::workloads`]: node heartbeats and the kubelet.
+fn workload_tasks(
+    config: &Config,
+    client: &kube::Client,
+    processes: &Arc<ProcessTable>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let kubelet_dir = config.data_dir.join(KUBELET_DIR);
+    let kubelet = Arc::new(kubelet::Context {
+        client: client.clone(),
+        nodes: config.nodes.clone(),
+        images: kubelet::images::Images::new(
+            config.images.clone(),
+            config
+                .binary_dir
+                .clone()
+                .unwrap_or_else(kubelet::images::default_binary_dir),
+        ),
+        dirs: kubelet::prepare::Dirs {
+            pods: kubelet_dir.join("pods"),
+            claims: claims_dir(&config.data_dir),
+            host_path_root: config.host_path_root.clone(),
+        },
+        logs: kubelet::logs::LogDir::new(kubelet_dir.join("logs")),
+        ips: kubelet::IpPool::default(),
+        processes: processes.clone(),
+        backoff_base: config.restart_backoff,
+    });
+    vec![
+        tokio::spawn(nodes::run_heartbeats(
+            client.clone(),
+            config.nodes.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(kubelet::run(kubelet, stopped.clone())),
+    ]
+}
+
 impl LocalCluster {
     /// Start serving: generate certificates, bind both listeners, write the kubeconfig and
     /// build a client.
@@ -257,6 +337,9 @@ impl LocalCluster {
                 max_body_bytes: config.max_body_bytes,
                 bookmark_interval: config.bookmark_interval,
                 advertised_address: https_addr.to_string(),
+                pod_logs: kubelet::logs::LogDir::new(
+                    config.data_dir.join(KUBELET_DIR).join("logs"),
+                ),
             },
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -283,7 +366,14 @@ impl LocalCluster {
             .map_err(|e| Error::Client(e.to_string()))?;
         let client =
             kube::Client::try_from(client_config).map_err(|e| Error::Client(e.to_string()))?;
+        let processes = Arc::new(ProcessTable::default());
+        if config.workloads {
+            nodes::register(&client, &config.nodes).await?;
+            tasks.extend(workload_tasks(&config, &client, &processes, &stopped));
+        }
         Ok(Self {
+            claims_dir: claims_dir(&config.data_dir),
+            processes,
             shared,
             https_addr,
             http_addr,
@@ -293,6 +383,12 @@ impl LocalCluster {
             tasks,
             state_path,
         })
+    }
+
+    /// The host directory holding claim `namespace/claim` for the pods that mount it (it may not
+    /// exist until a pod does, or until someone fills it).
+    pub fn claim_dir(&self, namespace: &str, claim: &str) -> PathBuf {
+        self.claims_dir.join(namespace).join(claim)
     }
 
     /// The kubeconfig file clients can use (HTTPS, trusting the cluster's CA).
@@ -326,12 +422,19 @@ impl LocalCluster {
         self.shared.lock().store.len()
     }
 
-    /// Stop serving (and every workload task) and, when persistence is on, save every object.
+    /// Number of container processes the kubelet is running.
+    pub fn running_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Stop serving (and every workload task), stop every container process and, when persistence is on, save every
+    /// object.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
+        self.processes.kill_all();
         if let Some(path) = &self.state_path {
             let saved: Vec<serde_json::Value> = self
                 .shared
@@ -348,8 +451,10 @@ impl LocalCluster {
 }
 
 impl Drop for LocalCluster {
-    /// Stop the listeners and workload tasks (Service proxies included) without saving.
+    /// Stop the listeners, workload tasks (Service proxies included) and container processes
+    /// without saving.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.processes.kill_all();
     }
 }

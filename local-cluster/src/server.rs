@@ -31,6 +31,8 @@ use crate::status::{ApiError, Subject};
 use crate::table::{IncludeObject, table};
 use crate::{discovery, openapi, watch as watches};
 
+mod pod_logs;
+
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Limits and timings of the server.
@@ -42,6 +44,8 @@ pub struct Settings {
     pub bookmark_interval: Duration,
     /// Address advertised in `/api`.
     pub advertised_address: String,
+    /// Where the kubelet keeps container logs, for `pods/log`.
+    pub pod_logs: crate::kubelet::logs::LogDir,
 }
 
 /// State shared by all connections.
@@ -355,11 +359,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         return Err(ApiError::no_route());
     }
     if let Some(sub) = &path.subresource {
+        let pod_log = sub == "log" && resource.group.is_empty() && resource.plural == "pods";
         let served = (sub == "status" && resource.status_subresource)
             || (sub == "scale" && resource.scale.is_some())
-            || (sub == "binding" && resource.group.is_empty() && resource.plural == "pods");
+            || (sub == "binding" && resource.group.is_empty() && resource.plural == "pods")
+            || pod_log;
         if !served {
             return Err(ApiError::no_route());
+        }
+        if pod_log {
+            if req.method() != Method::GET {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource: {}",
+                    req.method()
+                )));
+            }
+            return pod_logs::respond(&shared, &path, &params);
         }
     }
     let manager = params.get("fieldManager").cloned().unwrap_or_else(|| {
@@ -975,6 +990,11 @@ impl Call {
                 .as_str()
                 .map(str::to_owned),
             dry_run,
+            grace_period_seconds: self
+                .params
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+                .or_else(|| body["gracePeriodSeconds"].as_i64()),
         })
     }
 

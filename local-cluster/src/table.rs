@@ -44,7 +44,12 @@ pub fn columns(resource: &Resource) -> Vec<PrinterColumn> {
     let mut columns = match resource.plural.as_str() {
         "pods" => vec![
             column("Ready", "string", "", "The number of ready containers."),
-            column("Status", "string", ".status.phase", "The phase of the pod."),
+            column(
+                "Status",
+                "string",
+                "",
+                "The pod's phase, or why a container is not running.",
+            ),
             column(
                 "Restarts",
                 "string",
@@ -123,7 +128,91 @@ pub fn columns(resource: &Resource) -> Vec<PrinterColumn> {
         _ => Vec::new(),
     };
     columns.push(column("Age", "date", ".metadata.creationTimestamp", AGE));
+    if resource.plural == "pods" {
+        for (name, path, description) in [
+            ("IP", ".status.podIP", "The pod's IP address."),
+            ("Node", ".spec.nodeName", "The node the pod runs on."),
+        ] {
+            columns.push(PrinterColumn {
+                priority: 1,
+                ..column(name, "string", path, description)
+            });
+        }
+    }
     columns
+}
+
+/// The pod's STATUS as kubectl shows it: a container's waiting or terminated reason when
+/// there is one, else the phase.
+fn pod_status_reason(object: &Value) -> String {
+    let status = &object["status"];
+    let init = status["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (done, container) in init.iter().enumerate() {
+        let state = &container["state"];
+        if state["terminated"]["exitCode"] == json!(0) {
+            continue;
+        }
+        return match (
+            state["terminated"].as_object(),
+            state["waiting"]["reason"].as_str(),
+        ) {
+            (Some(terminated), _) => match terminated.get("reason").and_then(Value::as_str) {
+                Some(reason) if !reason.is_empty() => format!("Init:{reason}"),
+                _ => format!(
+                    "Init:ExitCode:{}",
+                    terminated
+                        .get("exitCode")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+            },
+            (None, Some(reason)) if !reason.is_empty() && reason != "PodInitializing" => {
+                format!("Init:{reason}")
+            }
+            _ => format!("Init:{done}/{}", init.len()),
+        };
+    }
+    let mut reason = status["reason"]
+        .as_str()
+        .or_else(|| status["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_owned();
+    let mut running = false;
+    let mut all_ready = true;
+    for container in status["containerStatuses"].as_array().into_iter().flatten() {
+        let state = &container["state"];
+        all_ready &= container["ready"] == json!(true);
+        if let Some(waiting) = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = waiting.to_owned();
+        } else if let Some(terminated) = state["terminated"].as_object() {
+            reason = match (
+                terminated.get("reason").and_then(Value::as_str),
+                terminated.get("signal").and_then(Value::as_i64),
+            ) {
+                (Some(r), _) if !r.is_empty() => r.to_owned(),
+                (_, Some(signal)) => format!("Signal:{signal}"),
+                _ => format!(
+                    "ExitCode:{}",
+                    terminated
+                        .get("exitCode")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+            };
+        } else if state["running"].is_object() {
+            running = true;
+        }
+    }
+    if reason == "Completed" && running {
+        reason = if all_ready { "Running" } else { "NotReady" }.to_owned();
+    }
+    reason
 }
 
 fn count(value: &Value) -> usize {
@@ -142,6 +231,7 @@ fn computed_cell(resource: &Resource, column: &str, object: &Value) -> Option<Va
             Some(json!(format!("{ready}/{total}")))
         }
         ("pods", "Status") if crate::api::is_deleting(object) => Some(json!("Terminating")),
+        ("pods", "Status") => Some(json!(pod_status_reason(object))),
         ("pods", "Restarts") => {
             let restarts: i64 = status["containerStatuses"].as_array().map_or(0, |s| {
                 s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
@@ -352,6 +442,21 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_status_shows_why_a_container_is_not_running() {
+        let pod = |statuses: Value, phase: &str| json!({"status": {"phase": phase, "containerStatuses": statuses}});
+        assert_eq!(pod_status_reason(&pod(json!([]), "Pending")), "Pending");
+        let pulling = json!([{"state": {"waiting": {"reason": "ErrImagePull"}}}]);
+        assert_eq!(pod_status_reason(&pod(pulling, "Pending")), "ErrImagePull");
+        let done = json!([{"state": {"terminated": {"reason": "Completed", "exitCode": 0}}}]);
+        assert_eq!(pod_status_reason(&pod(done, "Succeeded")), "Completed");
+        let initializing = json!({"status": {"phase": "Pending",
+            "initContainerStatuses": [{"state": {"terminated": {"exitCode": 0}}}, {"state": {"running": {}}}]}});
+        assert_eq!(pod_status_reason(&initializing), "Init:1/2");
+        let running = json!([{"ready": true, "state": {"running": {}}}]);
+        assert_eq!(pod_status_reason(&pod(running, "Running")), "Running");
+    }
 
     #[test]
     fn ages_read_like_kubectl() {

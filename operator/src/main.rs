@@ -155,6 +155,7 @@ async fn local_up(data_dir: PathBuf, port: u16, persist: bool) -> anyhow::Result
         let mut config = aigc_local_cluster::Config::new(&data_dir);
         config.https_port = port;
         config.persist = persist;
+        config.host_path_root = Some(data_dir.join("host"));
         let cluster = aigc_local_cluster::LocalCluster::start(config)
             .await
             .with_context(|| format!("starting the local cluster in {}", data_dir.display()))?;

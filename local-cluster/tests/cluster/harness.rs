@@ -19,8 +19,15 @@ pub struct HttpResponse {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with a configuration adjusted by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let cluster = LocalCluster::start(Config::new(dir.path().join("data")))
+        let mut config = Config::new(dir.path().join("data"));
+        configure(&mut config);
+        let cluster = LocalCluster::start(config)
             .await
             .expect("the local cluster starts");
         Self { cluster, dir }

@@ -6,5 +6,6 @@ mod harness;
 mod helm;
 mod kube_client;
 mod kubectl;
+mod kubelet;
 mod request_path;
 mod workloads;
