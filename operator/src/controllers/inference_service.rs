@@ -31,7 +31,9 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::Error;
-use crate::controllers::{Context, apply_child, apply_status, delete_if_present, get_opt, publish};
+use crate::controllers::{
+    Context, apply_child, apply_status, delete_if_present, get_opt, instrumented, publish,
+};
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
 
@@ -582,7 +584,7 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
     Ok(Action::requeue(std::time::Duration::from_secs(300)))
 }
 
-/// Run the InferenceService controller until the process is asked to stop. It reconciles on
+/// Run the InferenceService controller until [`Context::stopped`]. It reconciles on
 /// changes to services, their Deployments and Services, and the Models they serve.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -592,8 +594,10 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default(),
     )
     .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed);
+    .owns(Api::<Service>::all(client.clone()), managed)
+    .graceful_shutdown_on(ctx.stopped());
     let services = controller.store();
+    ctx.track_controller("InferenceService", services.clone());
     controller
         .watches(
             Api::<Model>::all(client),
@@ -617,7 +621,7 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(instrumented("InferenceService", reconcile), error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((service, _)) => {
