@@ -155,7 +155,9 @@ impl OperatorConfig {
             scheduler: file.scheduler,
             local_root: file.local_root,
         };
-        config.validate().map_err(|(field, message)| invalid(field, message))?;
+        config
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
         Ok(config)
     }
 
@@ -184,11 +186,13 @@ impl OperatorConfig {
         if let Some(root) = &args.local_root {
             config.local_root = Some(root.clone());
         }
-        config.validate().map_err(|(field, message)| Error::Config {
-            file: "flags".to_owned(),
-            field,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(field, message)| Error::Config {
+                file: "flags".to_owned(),
+                field,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -233,7 +237,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::scheduler::resources::Gpus;
+    use crate::scheduler::Gpus;
 
     #[derive(Parser)]
     struct Cli {
@@ -269,7 +273,11 @@ mod tests {
     #[test]
     fn errors_name_the_file_and_the_field() {
         for (text, field, problem) in [
-            ("workers:\n  images:\n    cpuu: x\n", "workers.images", "cpuu"),
+            (
+                "workers:\n  images:\n    cpuu: x\n",
+                "workers.images",
+                "cpuu",
+            ),
             (
                 "scheduler:\n  queues:\n    - name: a\n      quota: {gpu: \"0.5\"}\n",
                 "scheduler.queues[0].quota.gpu",
@@ -280,9 +288,14 @@ mod tests {
                 "scheduler",
                 "defined twice",
             ),
-            ("workers:\n  images:\n    gpu: \"\"\n", "workers.images.gpu", "image"),
+            (
+                "workers:\n  images:\n    gpu: \"\"\n",
+                "workers.images.gpu",
+                "image",
+            ),
             ("localRoot: relative/dir\n", "localRoot", "absolute"),
-            ("queues: []\n", "top level", "unknown field `queues`"),
+            ("queues: []\n", "queues", "unknown field `queues`"),
+            ("[1, 2]\n", "top level", "invalid type"),
         ] {
             let err = OperatorConfig::from_yaml(text, "c.yaml")
                 .unwrap_err()
@@ -320,7 +333,10 @@ mod tests {
         let err = OperatorConfig::load(Some(Path::new("/nonexistent/aigc.yaml")))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/nonexistent/aigc.yaml") && err.contains("cannot read"), "{err}");
+        assert!(
+            err.contains("/nonexistent/aigc.yaml") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

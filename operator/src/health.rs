@@ -1,12 +1,10 @@
 //! Readiness of the operator process, served at `/readyz`: a replica standing by for the
 //! leader Lease is ready (it is healthy and waiting); a leading replica is ready once the
-//! caches of every controller it runs have synced. Controllers report their caches with one
-//! line, `ctx.health.track_cache("Kind", controller.store())`.
+//! caches of every controller it runs have synced (`controllers::Context::controller` reports
+//! them).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use kube::runtime::reflector::{Lookup, Store};
 
 /// What this replica does in the leader election.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +51,9 @@ impl Health {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Record the role; leaving `Leading` forgets the controllers' caches, which stop with it.
@@ -70,22 +70,16 @@ impl Health {
         self.state().role.clone()
     }
 
-    /// Count `kind`'s cache as unsynced until `store` has completed its first list.
-    pub fn track_cache<K>(&self, kind: &str, store: Store<K>)
-    where
-        K: Lookup + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
+    /// Count `kind`'s cache as not synced until [`Health::cache_synced`].
+    pub fn expect_cache(&self, kind: &str) {
         self.state().caches.insert(kind.to_owned(), false);
-        let health = self.clone();
-        let kind = kind.to_owned();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok()
-                && let Some(synced) = health.state().caches.get_mut(&kind)
-            {
-                *synced = true;
-            }
-        });
+    }
+
+    /// `kind`'s cache has completed its first list.
+    pub fn cache_synced(&self, kind: &str) {
+        if let Some(synced) = self.state().caches.get_mut(kind) {
+            *synced = true;
+        }
     }
 
     /// `Ok(why ready)` or `Err(why not)`.
@@ -115,7 +109,10 @@ pub fn readiness(role: &Role, caches: &BTreeMap<String, bool>) -> Result<String,
             if unsynced.is_empty() {
                 Ok(format!("leading; caches synced: {}", caches.len()))
             } else {
-                Err(format!("leading; caches not synced yet: {}", unsynced.join(", ")))
+                Err(format!(
+                    "leading; caches not synced yet: {}",
+                    unsynced.join(", ")
+                ))
             }
         }
     }
@@ -157,7 +154,9 @@ mod tests {
     fn losing_the_lead_forgets_the_caches() {
         let health = Health::new();
         health.set_role(Role::Leading);
-        health.state().caches.insert("Dataset".into(), true);
+        health.expect_cache("Dataset");
+        assert!(health.readiness().is_err());
+        health.cache_synced("Dataset");
         assert!(health.readiness().is_ok());
         health.set_role(Role::Standby { leader: None });
         health.set_role(Role::Leading);

@@ -312,7 +312,6 @@ impl LeaderElector {
         }
         publish(&role, Role::Standby { leader: None }, &self.identity);
     }
-
 }
 
 /// Publish `next` if it differs from the current role, logging transitions.

@@ -50,7 +50,9 @@ impl Metrics {
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock leaves plain counters behind, still worth serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Count one reconcile of `kind` that took `elapsed` and succeeded or failed.
@@ -244,13 +246,33 @@ mod tests {
         metrics.record_reconcile("Dataset", Duration::from_secs(60), true);
         metrics.register_kind("Model");
         let text = metrics.render();
-        assert_eq!(line(&text, "aigc_reconcile_total{kind=\"Dataset\"}"), "aigc_reconcile_total{kind=\"Dataset\"} 3");
-        assert_eq!(line(&text, "aigc_reconcile_total{kind=\"Model\"}"), "aigc_reconcile_total{kind=\"Model\"} 0");
+        assert_eq!(
+            line(&text, "aigc_reconcile_total{kind=\"Dataset\"}"),
+            "aigc_reconcile_total{kind=\"Dataset\"} 3"
+        );
+        assert_eq!(
+            line(&text, "aigc_reconcile_total{kind=\"Model\"}"),
+            "aigc_reconcile_total{kind=\"Model\"} 0"
+        );
         assert!(text.contains("aigc_reconcile_errors_total{kind=\"Dataset\"} 1\n"));
-        assert!(text.contains("aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"0.005\"} 1\n"));
-        assert!(text.contains("aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"0.5\"} 2\n"));
-        assert!(text.contains("aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"30\"} 2\n"));
-        assert!(text.contains("aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"+Inf\"} 3\n"));
+        assert!(
+            text.contains(
+                "aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"0.005\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"0.5\"} 2\n"
+            )
+        );
+        assert!(
+            text.contains("aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"30\"} 2\n")
+        );
+        assert!(
+            text.contains(
+                "aigc_reconcile_duration_seconds_bucket{kind=\"Dataset\",le=\"+Inf\"} 3\n"
+            )
+        );
         assert!(text.contains("aigc_reconcile_duration_seconds_count{kind=\"Dataset\"} 3\n"));
         assert_eq!(metrics.reconcile_counts("Dataset"), (3, 1));
     }

@@ -121,7 +121,11 @@ pub async fn run(
         };
         tracing::info!("stopping controllers");
         stop.send_replace(true);
-        if !running.is_finished() && tokio::time::timeout(STOP_GRACE, &mut running).await.is_err() {
+        if !running.is_finished()
+            && tokio::time::timeout(STOP_GRACE, &mut running)
+                .await
+                .is_err()
+        {
             tracing::warn!(grace = ?STOP_GRACE, "controllers did not stop in time; cancelling them");
             running.abort();
         }

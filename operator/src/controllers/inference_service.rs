@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -589,15 +589,16 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    let controller = Controller::new(
-        Api::<InferenceService>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed)
-    .graceful_shutdown_on(ctx.stopped());
+    let controller = ctx
+        .controller(
+            "InferenceService",
+            Api::<InferenceService>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed)
+        .graceful_shutdown_on(ctx.stopped());
     let services = controller.store();
-    ctx.track_controller("InferenceService", services.clone());
     controller
         .watches(
             Api::<Model>::all(client),
@@ -621,7 +622,11 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(instrumented("InferenceService", reconcile), error_policy, ctx)
+        .run(
+            instrumented("InferenceService", reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((service, _)) => {

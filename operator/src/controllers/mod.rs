@@ -6,8 +6,8 @@
 //!
 //! Every controller's `run(ctx)` takes three lines from the process around it:
 //! `.graceful_shutdown_on(ctx.stopped())` so it stops when leadership is lost or the process
-//! is asked to stop, `ctx.track_controller("Kind", controller.store())` so `/readyz` waits
-//! for its cache, and `.run(instrumented("Kind", reconcile), error_policy, ctx)` so `/metrics`
+//! is asked to stop, `ctx.controller("Kind", api, watcher_config)` instead of
+//! `Controller::new` so `/readyz` waits for its cache, and `.run(instrumented("Kind", reconcile), error_policy, ctx)` so `/metrics`
 //! counts and times its reconciles.
 
 pub mod inference_service;
@@ -15,13 +15,16 @@ pub mod storage_tier;
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::runtime::controller::Action;
+use futures::{FutureExt, StreamExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -121,15 +124,28 @@ impl Context {
         }
     }
 
-    /// Announce a controller of `kind`: it appears in `/metrics` before its first reconcile,
-    /// and `/readyz` waits until `store` (its cache) has synced.
-    pub fn track_controller<K>(&self, kind: &str, store: kube::runtime::reflector::Store<K>)
+    /// A controller of `kind` watching `api`: it appears in `/metrics` before its first
+    /// reconcile, and `/readyz` waits until its cache has completed the first list.
+    pub fn controller<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> Controller<K>
     where
-        K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+        K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin,
     {
         self.metrics.register_kind(kind);
-        self.health.track_cache(kind, store);
+        self.health.expect_cache(kind);
+        let health = self.health.clone();
+        let (reader, writer) = reflector::store();
+        let events = reflector(writer, watcher(api, config)).inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                health.cache_synced(kind);
+            }
+        });
+        kube_runtime::Controller::for_stream(events.applied_objects(), reader)
     }
 }
 

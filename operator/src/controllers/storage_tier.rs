@@ -15,7 +15,7 @@ use aigc_crds::{Condition, ConditionStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 
@@ -208,14 +208,13 @@ pub fn error_policy(_tier: Arc<StorageTier>, _error: &Error, _ctx: Arc<Context>)
 
 /// Run the StorageTier controller until [`Context::stopped`].
 pub async fn run(ctx: Arc<Context>) {
-    let controller = Controller::new(
+    ctx.controller(
+        "StorageTier",
         Api::<StorageTier>::all(ctx.client.clone()),
         watcher::Config::default(),
-    );
-    ctx.track_controller("StorageTier", controller.store());
-    controller
-        .graceful_shutdown_on(ctx.stopped())
-        .run(instrumented("StorageTier", reconcile), error_policy, ctx)
+    )
+    .graceful_shutdown_on(ctx.stopped())
+    .run(instrumented("StorageTier", reconcile), error_policy, ctx)
     .for_each(|result| async move {
         match result {
             Ok((tier, _)) => tracing::debug!(tier = %tier, "probed StorageTier"),
