@@ -72,18 +72,6 @@ pub enum Error {
         /// What is wrong and what is accepted.
         message: String,
     },
-    /// Leader election could not read or write its Lease.
-    #[error("leader election on Lease {namespace}/{name}: {action}: {source}")]
-    Lease {
-        /// Namespace of the Lease.
-        namespace: String,
-        /// Name of the Lease.
-        name: String,
-        /// What the elector was doing, e.g. `renewing`.
-        action: &'static str,
-        /// The client's error.
-        source: kube::Error,
-    },
     /// The metrics and probes address cannot be listened on.
     #[error("listening on {addr} for /metrics, /healthz and /readyz: {source}")]
     Listen {

@@ -174,11 +174,12 @@ impl LeaderElector {
         &self.identity
     }
 
-    fn error(&self, action: &'static str, source: kube::Error) -> Error {
-        Error::Lease {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            action,
+    fn error(&self, action: &str, source: kube::Error) -> Error {
+        Error::Kube {
+            action: format!(
+                "leader election: {action} Lease {}/{}",
+                self.namespace, self.name
+            ),
             source,
         }
     }

@@ -58,7 +58,9 @@ pub async fn run(
 
     let (role_tx, mut role) = watch::channel(Role::Starting);
     let (elector_stop, elector_stopped) = watch::channel(false);
-    let elector = if args.leader_election {
+    // Without leader election the role stays `Leading`; its sender lives as long as the loop
+    // below, since a dropped sender reads as "stop".
+    let (elector, _fixed_role) = if args.leader_election {
         let namespace = args
             .lease_namespace
             .clone()
@@ -72,13 +74,11 @@ pub async fn run(
             &identity,
             LeaseTiming::default(),
         );
-        Some(tokio::spawn(
-            elector.run(role_tx, wait_true(elector_stopped)),
-        ))
+        let task = tokio::spawn(elector.run(role_tx, wait_true(elector_stopped)));
+        (Some(task), None)
     } else {
         role_tx.send_replace(Role::Leading);
-        drop(role_tx);
-        None
+        (None, Some(role_tx))
     };
 
     let controller_config = config.controller_config();

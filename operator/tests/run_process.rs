@@ -64,8 +64,13 @@ where
     });
 }
 
-/// Start `aigc-operator run` with leader election, as the chart does.
-async fn start_operator(cluster: &LocalCluster, dir: &Path, log_level: &str) -> Operator {
+/// Start `aigc-operator run`, with leader election as the chart does unless `elect` is false.
+async fn start_operator(
+    cluster: &LocalCluster,
+    dir: &Path,
+    log_level: &str,
+    elect: bool,
+) -> Operator {
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
@@ -73,7 +78,8 @@ async fn start_operator(cluster: &LocalCluster, dir: &Path, log_level: &str) -> 
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
-        .args(["run", "--metrics-addr=127.0.0.1:0", "--leader-election"])
+        .args(["run", "--metrics-addr=127.0.0.1:0"])
+        .args(elect.then_some("--leader-election"))
         .arg(format!("--config={}", config.display()))
         .arg("--lease-name=aigc-operator")
         .env("KUBECONFIG", cluster.kubeconfig_path())
@@ -212,7 +218,7 @@ where
 async fn run_serves_probes_and_metrics_leads_and_stops_cleanly_on_sigterm() {
     let (cluster, dir) = start_cluster().await;
     let client = cluster.client();
-    let mut operator = start_operator(&cluster, dir.path(), "info").await;
+    let mut operator = start_operator(&cluster, dir.path(), "info", true).await;
 
     assert_eq!(operator.get("/healthz").await, (200, "ok\n".to_owned()));
     let ready = wait_for("/readyz to turn ready", || async {
@@ -303,6 +309,30 @@ async fn run_serves_probes_and_metrics_leads_and_stops_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
+async fn without_leader_election_the_controllers_start_once_and_run_until_sigterm() {
+    let (cluster, dir) = start_cluster().await;
+    let mut operator = start_operator(&cluster, dir.path(), "info", false).await;
+    let ready = wait_for("/readyz to turn ready", || async {
+        let (status, body) = operator.get("/readyz").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert!(ready.starts_with("leading; caches synced"), "{ready}");
+    let (_, page) = operator.get("/metrics").await;
+    assert_eq!(sample(&page, "aigc_leader"), Some(1.0));
+    let status = operator.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    let starts = operator
+        .logs()
+        .iter()
+        .filter(|line| line.contains("\"starting controllers\""))
+        .count();
+    assert_eq!(starts, 1, "{:#?}", operator.logs());
+    let leases = Api::<Lease>::namespaced(cluster.client(), "default");
+    assert!(leases.get_opt("aigc-operator").await.unwrap().is_none());
+}
+
+#[tokio::test]
 async fn debug_logs_never_contain_a_secret_value() {
     const ACCESS_KEY: &str = "AKIAQ7TESTACCESSKEY9";
     const SECRET_KEY: &str = "tEsT/sEcReT+kEy/9f8e7d6c5b4a3";
@@ -368,7 +398,7 @@ async fn debug_logs_never_contain_a_secret_value() {
     )
     .await;
 
-    let mut operator = start_operator(&cluster, dir.path(), "debug").await;
+    let mut operator = start_operator(&cluster, dir.path(), "debug", true).await;
     // Both resources that reference secrets have been reconciled.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let deployment = wait_for("the inference Deployment", || async {

@@ -447,6 +447,7 @@ fn notes_tell_the_user_what_to_do_next() {
         "kubectl apply -f examples/quickstart/",
         "kubectl get aigc",
         "2 replicas, one leader elected through a Lease",
+        "get lease test-release-aigc-operator -o jsonpath='{.spec.holderIdentity}'",
         "service test-release-aigc-operator-metrics:8080/metrics",
         "aigc-operator/worker:0.1.0 on CPU",
         "aigc-operator/worker-gpu:0.1.0 on GPU",
