@@ -258,6 +258,26 @@ const BUILTINS: &[Builtin] = &[
     .with_status()
     .in_all()
     .generational(),
+    // Rendered by the operator's Helm chart.
+    builtin(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+    )
+    .with_status()
+    .generational(),
+    builtin(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        true,
+        &["netpol"],
+    )
+    .generational(),
     builtin(
         "apiextensions.k8s.io",
         "v1",

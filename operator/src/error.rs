@@ -73,4 +73,25 @@ pub enum Error {
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),
+    /// The operator's configuration (file or flags) has a value that cannot be used.
+    #[error("{file}: {field}: {message}")]
+    Config {
+        /// The config file, or `flags`.
+        file: String,
+        /// The offending field, e.g. `scheduler.queues[0].quota.gpu`.
+        field: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// The metrics and probes address cannot be listened on.
+    #[error("listening on {addr} for /metrics, /healthz and /readyz: {source}")]
+    Listen {
+        /// The address of `--metrics-addr`.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// Serving /metrics, /healthz and /readyz failed.
+    #[error("serving /metrics, /healthz and /readyz: {0}")]
+    Serve(std::io::Error),
 }

@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 
-use aigc_operator::controllers::{self, Context, ControllerConfig};
-use aigc_operator::rbac;
-use aigc_operator::worker_pod::WorkerImages;
+use aigc_operator::config::{LogFormat, OperatorConfig, RunArgs};
+use aigc_operator::{process, rbac};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -22,16 +21,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig (or the in-cluster
-    /// service account) until SIGTERM or Ctrl-C. Today: the StorageTier and InferenceService
-    /// controllers.
-    Run {
-        /// Image of CPU worker pods.
-        #[arg(long, env = "AIGC_WORKER_IMAGE", default_value_t = WorkerImages::default().cpu)]
-        worker_image: String,
-        /// Image of GPU worker pods.
-        #[arg(long, env = "AIGC_WORKER_GPU_IMAGE", default_value_t = WorkerImages::default().gpu)]
-        worker_gpu_image: String,
-    },
+    /// service account) until SIGTERM or Ctrl-C, serving /metrics, /healthz and /readyz.
+    Run(RunArgs),
     /// Print the five CustomResourceDefinitions as multi-document YAML, ready for `kubectl apply -f -`.
     Crds {
         /// Write one file per CRD into this directory (e.g. charts/aigc-operator/crds) instead
@@ -81,29 +72,7 @@ async fn main() -> anyhow::Result<()> {
     #[allow(deprecated)]
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
-        Command::Run {
-            worker_image,
-            worker_gpu_image,
-        } => {
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .init();
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the cluster")?;
-            let config = ControllerConfig {
-                worker_images: WorkerImages {
-                    cpu: worker_image,
-                    gpu: worker_gpu_image,
-                },
-                ..ControllerConfig::default()
-            };
-            tracing::info!("starting controllers");
-            controllers::run_all(Context::new(client, config)).await;
-        }
+        Command::Run(args) => run(args).await?,
         Command::Crds { write_dir: None } => print!("{}", aigc_crds::all_crds_yaml()?),
         Command::Crds {
             write_dir: Some(dir),
@@ -146,6 +115,34 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => local_up(data_dir, port, !ephemeral).await?,
     }
+    Ok(())
+}
+
+/// `run`: check the configuration, then run the operator process until SIGTERM or Ctrl-C.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("--log-level (RUST_LOG) {:?}", args.log_level))?;
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let config = OperatorConfig::from_args(&args)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM; shutting down"),
+        }
+    };
+    process::run(client, &args, config, shutdown).await?;
+    tracing::info!("stopped");
     Ok(())
 }
 

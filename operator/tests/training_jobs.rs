@@ -38,7 +38,10 @@ impl Env {
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temporary directory");
-        let cluster = LocalCluster::start(Config::new(dir.path().join("data")))
+        // The test plays the nodes and the kubelet itself.
+        let mut cluster_config = Config::new(dir.path().join("data"));
+        cluster_config.nodes.clear();
+        let cluster = LocalCluster::start(cluster_config)
             .await
             .expect("the embedded cluster starts");
         let client = cluster.client();

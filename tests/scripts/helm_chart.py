@@ -1,6 +1,7 @@
 """Lint and render a Helm chart with the real Helm library (the helm-sdkpy package).
 
 Usage: python3 helm_chart.py lint|render CHART_DIR [VALUES_JSON]
+       python3 helm_chart.py install|upgrade|uninstall KUBECONFIG NAMESPACE RELEASE CHART_DIR [VALUES_JSON]
 
 VALUES_JSON is merged over the chart's values.yaml (maps merge key by key, anything else
 replaces), the way `--set`/`-f` overrides are. Prints one JSON object on stdout:
@@ -10,6 +11,9 @@ replaces), the way `--set`/`-f` overrides are. Prints one JSON object on stdout:
   reported as an error with its message, since it would abort a real install).
 - render: {"templates": {"templates/deployment.yaml": "<rendered text>", ...}}, NOTES.txt
   included.
+- install (creating NAMESPACE), upgrade, uninstall: {"status": "deployed"|"uninstalled",
+  "revision": N} of RELEASE in the cluster of KUBECONFIG. Install and upgrade do not wait for
+  the operator's pods: the tests check the objects Helm creates, not a running image.
 
 helm-sdkpy exposes no `helm template`, and install needs a cluster. Its linter does render
 every template, and in lint mode Helm's `fail` logs its message instead of aborting; so to
@@ -126,7 +130,30 @@ def render(chart):
     return {"templates": rendered}
 
 
+def release(action, kubeconfig, namespace, name, chart, values):
+    config = helm_sdkpy.Configuration(namespace=namespace, kubeconfig=kubeconfig)
+    if action == "install":
+        result = asyncio.run(
+            helm_sdkpy.Install(config).run(
+                name, chart, values=values, create_namespace=True, wait=False, timeout=120
+            )
+        )
+    elif action == "upgrade":
+        result = asyncio.run(
+            helm_sdkpy.Upgrade(config).run(name, chart, values=values, wait=False, timeout=120)
+        )
+    else:
+        result = asyncio.run(helm_sdkpy.Uninstall(config).run(name, wait=True, timeout=120))
+        result = result["release"]
+    return {"status": result["info"]["status"], "revision": result.get("version")}
+
+
 def main():
+    if len(sys.argv) in (6, 7) and sys.argv[1] in ("install", "upgrade", "uninstall"):
+        action, kubeconfig, namespace, name, chart = sys.argv[1:6]
+        values = json.loads(sys.argv[6]) if len(sys.argv) == 7 else {}
+        json.dump(release(action, kubeconfig, namespace, name, chart, values), sys.stdout)
+        return
     if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("lint", "render"):
         sys.exit(__doc__)
     overrides = json.loads(sys.argv[3]) if len(sys.argv) == 4 else {}

@@ -2,8 +2,12 @@
 //! `tests/scripts/helm_chart.py`): it lints clean, its RBAC is exactly what the operator's code
 //! declares, its pods are hardened, and values.schema.json rejects bad values.
 
+use aigc_crds::common::{Accelerator, Resources};
 use aigc_e2e::{repo_root, run_python_script};
+use aigc_operator::config::{OperatorConfig, RunArgs};
 use aigc_operator::rbac;
+use aigc_operator::worker_pod::{WorkerImages, worker_pod_spec};
+use clap::Parser;
 use serde_json::{Value, json};
 
 const CHART: &str = "charts/aigc-operator";
@@ -181,9 +185,11 @@ fn assert_hardened(pod_security: &Value, container_security: &Value, what: &str)
         json!(["ALL"]),
         "{what}"
     );
-    assert_eq!(
-        container_security["seccompProfile"]["type"], "RuntimeDefault",
-        "{what}"
+    // A container without its own seccomp profile inherits the pod's (checked above).
+    let seccomp = &container_security["seccompProfile"];
+    assert!(
+        seccomp.is_null() || seccomp["type"] == "RuntimeDefault",
+        "{what}: {seccomp}"
     );
 }
 
@@ -215,29 +221,115 @@ fn operator_and_worker_pods_are_hardened() {
             .any(|m| m["mountPath"] == "/tmp")
     );
 
+    // Worker pods are hardened by the operator's own pod template, whatever the values say.
+    let worker = serde_json::to_value(worker_pod_spec(
+        &WorkerImages::default(),
+        vec!["serve".into()],
+        &Resources::default(),
+        Accelerator::Cpu,
+        &[],
+    ))
+    .unwrap();
+    assert_hardened(
+        &worker["securityContext"],
+        &worker["containers"][0]["securityContext"],
+        "workers",
+    );
+}
+
+/// The chart's ConfigMap as the operator reads it.
+fn operator_config(objects: &[Value]) -> OperatorConfig {
     let config_map = objects
         .iter()
         .find(|o| {
             o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str().unwrap().ends_with("-config")
         })
         .expect("the config ConfigMap");
-    let config: Value =
-        serde_yaml::from_str(config_map["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    let workers = &config["workers"];
-    assert_hardened(
-        &workers["podSecurityContext"],
-        &workers["securityContext"],
-        "workers",
-    );
+    OperatorConfig::from_yaml(
+        config_map["data"]["config.yaml"].as_str().unwrap(),
+        "the chart's ConfigMap",
+    )
+    .unwrap_or_else(|err| panic!("the operator rejects the chart's config: {err}"))
+}
+
+#[derive(Parser)]
+struct Operator {
+    #[command(subcommand)]
+    command: OperatorCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum OperatorCommand {
+    Run(RunArgs),
+}
+
+#[test]
+fn the_operator_accepts_the_rendered_config_and_arguments() {
+    let objects = render(&json!({
+        "replicaCount": 2,
+        "leaderElection": {"leaseName": "ops-lease"},
+        "metrics": {"port": 9090},
+        "workers": {"image": {"gpu": {"repository": "registry.example/aigc-worker", "tag": "1.2.0-cuda"}}},
+        "config": {
+            "autoFallbackAfter": "90s",
+            "inferencePriority": 500,
+            "queues": [
+                {"name": "default"},
+                {"name": "gpu-team", "namespaces": ["research", "vision"], "cohort": "shared",
+                 "quota": {"gpu": 8, "cpu": "64", "memory": "256Gi"}},
+                {"name": "batch", "cohort": "shared", "quota": {"cpu": 16}},
+            ],
+        },
+    }));
+    let config = operator_config(&objects);
+    assert_eq!(config.worker_images.cpu, "aigc-operator/worker:0.1.0");
     assert_eq!(
-        workers["images"]["cpu"]["image"],
-        "aigc-operator/worker:0.1.0"
+        config.worker_images.gpu,
+        "registry.example/aigc-worker:1.2.0-cuda"
     );
+    assert_eq!(config.scheduler.auto_fallback_after.0, "90s");
+    assert_eq!(config.scheduler.inference_priority, 500);
+    assert_eq!(config.scheduler.queues.len(), 3);
+    assert_eq!(config.scheduler.queue_for_namespace("vision"), "default");
+    assert_eq!(config.scheduler.queues[1].cohort.as_deref(), Some("shared"));
+    assert_eq!(config.local_root, None);
+
+    let defaults = operator_config(&render(&json!({})));
+    assert_eq!(defaults.scheduler.queues.len(), 1);
+    assert_eq!(defaults.scheduler.auto_fallback_after.0, "10m");
+
+    let container = &the(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mut argv = vec!["aigc-operator".to_owned()];
+    argv.extend(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned()),
+    );
+    let OperatorCommand::Run(args) = Operator::try_parse_from(&argv)
+        .unwrap_or_else(|err| panic!("the operator rejects the chart's arguments {argv:?}: {err}"))
+        .command;
     assert_eq!(
-        workers["images"]["gpu"]["image"],
-        "aigc-operator/worker-gpu:0.1.0"
+        args.config.as_deref(),
+        Some(std::path::Path::new(
+            aigc_operator::config::CHART_CONFIG_PATH
+        ))
     );
-    assert_eq!(config["queues"], json!([{"name": "default"}]));
+    assert!(args.leader_election);
+    assert_eq!(args.lease_name, "ops-lease");
+    assert_eq!(args.metrics_addr.port(), 9090);
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        ["POD_NAME", "POD_NAMESPACE", "RUST_LOG", "AIGC_LOG_FORMAT"]
+    );
 }
 
 #[test]
@@ -287,17 +379,25 @@ fn values_schema_rejects_bad_values() {
         json!({"replicaCount": 2, "leaderElection": {"enabled": false}}),
         json!({"image": {"pullPolicy": "Sometimes"}}),
         json!({"image": {"repository": ""}}),
-        json!({"workers": {"image": {"gpu": {"pullPolicy": "always"}}}}),
+        json!({"workers": {"image": {"gpu": {"repository": ""}}}}),
+        json!({"workers": {"image": {"cpu": {"pullPolicy": "Always"}}}}),
         json!({"serviceMonitor": {"enabled": "yes"}}),
         json!({"securityContext": {"readOnlyRootFilesystem": false}}),
         json!({"securityContext": {"allowPrivilegeEscalation": true}}),
         json!({"podSecurityContext": {"runAsNonRoot": false}}),
-        json!({"workers": {"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}}),
+        json!({"workers": {"securityContext": {"privileged": true}}}),
         json!({"resources": {"limits": {"memory": "lots"}}}),
         json!({"config": {"queues": []}}),
-        json!({"config": {"quotas": [{"namespace": "Team_A", "gpu": 2}]}}),
-        json!({"config": {"quotas": [{"namespace": "team-a", "gpu": -2}]}}),
+        json!({"config": {"queues": [{"name": "Team_A"}]}}),
+        json!({"config": {"queues": [{"name": "a", "namespaces": ["Research"]}]}}),
+        json!({"config": {"queues": [{"name": "a", "quota": {"gpu": -2}}]}}),
+        json!({"config": {"queues": [{"name": "a", "quota": {"gpu": 1.5}}]}}),
+        json!({"config": {"queues": [{"name": "a", "quota": {"cpu": 0.5}}]}}),
+        json!({"config": {"queues": [{"name": "a", "quota": {"disk": "1Ti"}}]}}),
+        json!({"config": {"queues": [{"name": "a", "cohort": "Shared"}]}}),
+        json!({"config": {"inferencePriority": "high"}}),
         json!({"config": {"autoFallbackAfter": "ten minutes"}}),
+        json!({"config": {"quotas": []}}),
         json!({"logFormat": "xml"}),
         json!({"replicas": 2}),
     ];
@@ -311,19 +411,21 @@ fn values_schema_rejects_bad_values() {
 }
 
 #[test]
-fn a_default_queue_that_is_no_queue_fails_the_install() {
-    // JSON Schema cannot relate two values; the config template checks this one.
+fn a_queue_defined_twice_fails_the_install() {
+    // JSON Schema cannot require unique names in a list of objects; the config template does.
     assert_eq!(
-        lint_errors(&json!({"config": {"defaultQueue": "gpu-batch"}})),
-        [r#"templates/: config.defaultQueue "gpu-batch" is not one of config.queues (default)"#]
+        lint_errors(
+            &json!({"config": {"queues": [{"name": "a"}, {"name": "a", "quota": {"gpu": 1}}]}})
+        ),
+        [r#"templates/: config.queues: queue "a" is defined twice; queue names must be unique"#]
     );
 }
 
 #[test]
 fn values_schema_accepts_documented_variations() {
     let good = [
-        json!({"config": {"quotas": [{"namespace": "team-a", "gpu": 8, "cpu": "64", "memory": "256Gi"}]}}),
-        json!({"config": {"queues": [{"name": "default"}, {"name": "batch"}], "defaultQueue": "batch"}}),
+        json!({"config": {"queues": [{"name": "team-a", "namespaces": ["team-a"], "quota": {"gpu": 8, "cpu": "64", "memory": "256Gi"}}]}}),
+        json!({"config": {"queues": [{"name": "default"}, {"name": "batch", "cohort": "shared", "quota": {"cpu": 16}}], "inferencePriority": 0}}),
         json!({"image": {"tag": "v0.2.0", "pullPolicy": "Always"}, "logFormat": "text"}),
         json!({"networkPolicy": {"enabled": false}, "podDisruptionBudget": {"enabled": false}}),
     ];
@@ -345,6 +447,7 @@ fn notes_tell_the_user_what_to_do_next() {
         "kubectl apply -f examples/quickstart/",
         "kubectl get aigc",
         "2 replicas, one leader elected through a Lease",
+        "get lease test-release-aigc-operator -o jsonpath='{.spec.holderIdentity}'",
         "service test-release-aigc-operator-metrics:8080/metrics",
         "aigc-operator/worker:0.1.0 on CPU",
         "aigc-operator/worker-gpu:0.1.0 on GPU",

@@ -176,7 +176,7 @@ fn run_fake_kubelet(client: Client, subnet: u8) {
 
 #[tokio::test]
 async fn gpu_pods_go_to_the_gpu_node_only_when_they_tolerate_its_taint() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     let client = h.cluster.client();
     create_nodes(&client).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -336,7 +336,7 @@ fn image_of(pod: &Pod) -> String {
 
 #[tokio::test]
 async fn deployments_roll_out_scale_and_go_with_their_replica_sets_and_pods() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     let client = h.cluster.client();
     create_nodes(&client).await;
     run_fake_kubelet(client.clone(), 10);
@@ -509,7 +509,7 @@ async fn running_job_pods(client: &Client, job: &str) -> Vec<Pod> {
 
 #[tokio::test]
 async fn jobs_complete_and_fail_after_their_backoff_limit_or_deadline() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     let client = h.cluster.client();
     create_nodes(&client).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -702,7 +702,7 @@ async fn exchange(address: &str, message: &str) -> Option<String> {
 
 #[tokio::test]
 async fn services_get_a_cluster_ip_endpoints_and_a_proxy_to_ready_pods() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     let client = h.cluster.client();
     create_nodes(&client).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -830,7 +830,7 @@ spec:
 
 #[tokio::test]
 async fn service_listeners_close_when_the_cluster_shuts_down() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     let client = h.cluster.client();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let server = tiny_server(78, 1, "only").await;
@@ -868,7 +868,7 @@ async fn service_listeners_close_when_the_cluster_shuts_down() {
 
 #[tokio::test]
 async fn a_rollout_that_makes_no_progress_exceeds_its_deadline() {
-    let h = Harness::start().await;
+    let h = Harness::start_with(|c| c.nodes.clear()).await;
     create_nodes(&h.cluster.client()).await;
     // Nobody makes these pods Ready, so the rollout cannot progress.
     let stuck = DEPLOYMENT.replace(

@@ -569,14 +569,21 @@ pub async fn run(ctx: Arc<Context>) {
         services,
         models,
     };
-    tokio::join!(
-        reflect(Api::all(client.clone()), nodes_writer, notify.clone()),
-        reflect(Api::all(client.clone()), pods_writer, notify.clone()),
-        reflect(Api::all(client.clone()), jobs_writer, notify.clone()),
-        reflect(Api::all(client.clone()), services_writer, notify.clone()),
-        reflect(Api::all(client), models_writer, notify.clone()),
-        schedule(&ctx, &scheduler, &stores, &notify),
-    );
+    let everything = async {
+        tokio::join!(
+            reflect(Api::all(client.clone()), nodes_writer, notify.clone()),
+            reflect(Api::all(client.clone()), pods_writer, notify.clone()),
+            reflect(Api::all(client.clone()), jobs_writer, notify.clone()),
+            reflect(Api::all(client.clone()), services_writer, notify.clone()),
+            reflect(Api::all(client), models_writer, notify.clone()),
+            schedule(&ctx, &scheduler, &stores, &notify),
+        )
+    };
+    // Stop with the other controllers: leadership lost or the process shutting down.
+    tokio::select! {
+        _ = everything => {}
+        () = ctx.stopped() => {}
+    }
 }
 
 struct Stores {

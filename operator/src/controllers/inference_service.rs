@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -33,7 +33,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::Error;
 use crate::controllers::admission::{ADMITTED, QUEUE_LABEL, inference_placement};
 use crate::controllers::{
-    Context, apply_child, delete_if_present, get_opt, patch_status_checked, publish,
+    Context, apply_child, delete_if_present, get_opt, instrumented, patch_status_checked, publish,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::scheduler::pinned_to_any;
@@ -649,17 +649,20 @@ pub async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result
     Ok(Action::requeue(std::time::Duration::from_secs(300)))
 }
 
-/// Run the InferenceService controller until the process is asked to stop. It reconciles on
+/// Run the InferenceService controller until [`Context::stopped`]. It reconciles on
 /// changes to services, their Deployments and Services, and the Models they serve.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    let controller = Controller::new(
-        Api::<InferenceService>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed);
+    let controller = ctx
+        .controller(
+            "InferenceService",
+            Api::<InferenceService>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed)
+        .graceful_shutdown_on(ctx.stopped());
     let services = controller.store();
     controller
         .watches(
@@ -683,8 +686,11 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(
+            instrumented("InferenceService", reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             match result {
                 Ok((service, _)) => {

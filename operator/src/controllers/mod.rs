@@ -3,6 +3,12 @@
 //!
 //! A controller module computes desired children and status with pure functions and calls
 //! these helpers at the edges; no controller reaches into another's module.
+//!
+//! Every controller's `run(ctx)` takes three lines from the process around it:
+//! `.graceful_shutdown_on(ctx.stopped())` so it stops when leadership is lost or the process
+//! is asked to stop, `ctx.controller("Kind", api, watcher_config)` instead of
+//! `Controller::new` so `/readyz` waits for its cache, and `.run(instrumented("Kind", reconcile), error_policy, ctx)` so `/metrics`
+//! counts and times its reconciles.
 
 pub mod admission;
 pub mod inference_service;
@@ -10,7 +16,17 @@ pub mod storage_tier;
 pub mod training_job;
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -19,23 +35,28 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::scheduler::SchedulerConfig;
 use crate::worker_pod::WorkerImages;
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "aigc-operator";
 
-/// Settings the controllers share.
+/// Settings the controllers share (built from `config::OperatorConfig`).
 #[derive(Clone, Debug, Default)]
 pub struct ControllerConfig {
     /// Images of worker pods.
     pub worker_images: WorkerImages,
-    /// Admission queues, quotas and the `accelerator: auto` fallback delay. Until the
-    /// operator configuration file carries it, the default: one unlimited `default` queue.
+    /// Admission queues, quotas and cohorts of the resource scheduler.
     pub scheduler: SchedulerConfig,
+    /// Root under which filesystem tier paths are visible to the operator process itself
+    /// (`local up`); `None` in a cluster.
+    pub local_root: Option<PathBuf>,
 }
 
-/// What every reconcile gets: the client, the configuration and the event recorder.
+/// What every reconcile gets: the client, the configuration, the event recorder, and the
+/// process's metrics, readiness and stop signal.
 pub struct Context {
     /// Client of the cluster the operator manages.
     pub client: Client,
@@ -43,11 +64,40 @@ pub struct Context {
     pub config: ControllerConfig,
     /// Publishes Events on the objects the operator manages.
     pub recorder: Recorder,
+    /// Counters and gauges served at `/metrics`.
+    pub metrics: Metrics,
+    /// Readiness served at `/readyz`.
+    pub health: Health,
+    /// `None`: the controllers run as long as the process.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Context {
-    /// A context reporting Events as `aigc-operator`.
+    /// A context reporting Events as `aigc-operator`, with its own metrics and readiness,
+    /// whose controllers run until the process ends.
     pub fn new(client: Client, config: ControllerConfig) -> Arc<Context> {
+        Self::build(client, config, Metrics::new(), Health::new(), None)
+    }
+
+    /// A context sharing the process's `metrics` and `health`, whose controllers stop when
+    /// `stop` turns true (or its sender is dropped).
+    pub fn with_process(
+        client: Client,
+        config: ControllerConfig,
+        metrics: Metrics,
+        health: Health,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<Context> {
+        Self::build(client, config, metrics, health, Some(stop))
+    }
+
+    fn build(
+        client: Client,
+        config: ControllerConfig,
+        metrics: Metrics,
+        health: Health,
+        stop: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Arc<Context> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: None,
@@ -57,11 +107,51 @@ impl Context {
             client,
             config,
             recorder,
+            metrics,
+            health,
+            stop,
         })
+    }
+
+    /// Completes when the controllers should stop: leadership was lost or the process is
+    /// shutting down. Pass it to `Controller::graceful_shutdown_on`.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let stop = self.stop.clone();
+        async move {
+            match stop {
+                // An error means the sender is gone, which also means stop.
+                Some(mut stop) => drop(stop.wait_for(|stopped| *stopped).await),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// A controller of `kind` watching `api`: it appears in `/metrics` before its first
+    /// reconcile, and `/readyz` waits until its cache has completed the first list.
+    pub fn controller<K>(
+        &self,
+        kind: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> Controller<K>
+    where
+        K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Default + Debug + Unpin,
+    {
+        self.metrics.register_kind(kind);
+        self.health.expect_cache(kind);
+        let health = self.health.clone();
+        let (reader, writer) = reflector::store();
+        let events = reflector(writer, watcher(api, config)).inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                health.cache_synced(kind);
+            }
+        });
+        kube_runtime::Controller::for_stream(events.applied_objects(), reader)
     }
 }
 
-/// Run every controller until the process is asked to stop.
+/// Run every controller until [`Context::stopped`] completes.
 pub async fn run_all(ctx: Arc<Context>) {
     tokio::join!(
         storage_tier::run(ctx.clone()),
@@ -69,6 +159,27 @@ pub async fn run_all(ctx: Arc<Context>) {
         training_job::run(ctx.clone()),
         admission::run(ctx),
     );
+}
+
+/// `reconcile`, counted and timed per `kind` in `ctx.metrics` (`/metrics`).
+pub fn instrumented<K, E, F, Fut>(
+    kind: &'static str,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, E>>
+where
+    F: Fn(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let metrics = ctx.metrics.clone();
+        let started = Instant::now();
+        reconcile(obj, ctx)
+            .map(move |result| {
+                metrics.record_reconcile(kind, started.elapsed(), result.is_ok());
+                result
+            })
+            .boxed()
+    }
 }
 
 /// Create or update `child` by server-side apply, taking ownership of the fields it sets.

@@ -15,12 +15,12 @@ use aigc_crds::{Condition, ConditionStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 
 use crate::Error;
-use crate::controllers::{Context, apply_status, publish};
+use crate::controllers::{Context, apply_status, instrumented, publish};
 
 /// How often a tier is probed again after a successful probe.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(60);
@@ -206,14 +206,15 @@ pub fn error_policy(_tier: Arc<StorageTier>, _error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Run the StorageTier controller until the process is asked to stop.
+/// Run the StorageTier controller until [`Context::stopped`].
 pub async fn run(ctx: Arc<Context>) {
-    Controller::new(
+    ctx.controller(
+        "StorageTier",
         Api::<StorageTier>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
+    .graceful_shutdown_on(ctx.stopped())
+    .run(instrumented("StorageTier", reconcile), error_policy, ctx)
     .for_each(|result| async move {
         match result {
             Ok((tier, _)) => tracing::debug!(tier = %tier, "probed StorageTier"),

@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -42,7 +42,7 @@ use crate::controllers::admission::{
     TRAINING_JOB_LABEL, training_placement,
 };
 use crate::controllers::{
-    Context, FIELD_MANAGER, apply_child, get_opt, patch_status_checked, publish,
+    Context, FIELD_MANAGER, apply_child, get_opt, instrumented, patch_status_checked, publish,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::scheduler::{Device, pinned_to};
@@ -1272,11 +1272,14 @@ pub fn parse_progress_response(response: &[u8]) -> Option<WorkerStatus> {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    let controller = Controller::new(
-        Api::<TrainingJob>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client.clone()), managed);
+    let controller = ctx
+        .controller(
+            "TrainingJob",
+            Api::<TrainingJob>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Pod>::all(client.clone()), managed)
+        .graceful_shutdown_on(ctx.stopped());
     let jobs = controller.store();
     let jobs_for_models = jobs.clone();
     controller
@@ -1313,8 +1316,7 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(instrumented("TrainingJob", reconcile), error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((job, _)) => tracing::debug!(job = %job, "reconciled TrainingJob"),
