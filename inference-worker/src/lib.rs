@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod rng;
 pub mod sampling;
 pub mod serve;
+pub mod summary;
 pub mod tokenizer;
 pub mod train;
 pub mod transfer;

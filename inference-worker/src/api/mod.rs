@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 
 use crate::api::auth::ApiKeys;
 use crate::api::error::ApiError;
-use crate::models::Embedder;
-use crate::serve::engine::{EmbeddingJob, GenerationJob, QueueHandle};
+use crate::models::{Embedder, Predictor};
+use crate::serve::engine::{EmbeddingJob, GenerationJob, PredictionJob, QueueHandle};
 use crate::serve::metrics::Metrics;
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
 
@@ -57,20 +57,29 @@ pub enum ServedModel {
         embedder: Arc<dyn Embedder>,
         queue: QueueHandle<EmbeddingJob>,
     },
+    /// A tabular (or text) classifier or regressor behind `/v1/predict`.
+    Prediction {
+        architecture: &'static str,
+        format: &'static str,
+        predictor: Arc<dyn Predictor>,
+        queue: QueueHandle<PredictionJob>,
+    },
 }
 
 impl ServedModel {
     fn architecture(&self) -> &'static str {
         match self {
-            Self::Generation { architecture, .. } | Self::Embedding { architecture, .. } => {
-                architecture
-            }
+            Self::Generation { architecture, .. }
+            | Self::Embedding { architecture, .. }
+            | Self::Prediction { architecture, .. } => architecture,
         }
     }
 
     fn format(&self) -> &'static str {
         match self {
-            Self::Generation { format, .. } | Self::Embedding { format, .. } => format,
+            Self::Generation { format, .. }
+            | Self::Embedding { format, .. }
+            | Self::Prediction { format, .. } => format,
         }
     }
 }
@@ -83,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/predict", post(handlers::predict))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -139,6 +149,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/predict",
         "/healthz",
         "/readyz",
         "/metrics",

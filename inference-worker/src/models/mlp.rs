@@ -10,7 +10,10 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{ArchitectureConfig, Builder, Dense, ParamSource, Params, read_model};
+use super::{
+    ArchitectureConfig, Builder, Dense, InputColumn, InputKind, ParamSource, Params, Predictor,
+    read_model,
+};
 use crate::rng::Rng;
 use crate::{Result, WorkerError};
 
@@ -167,14 +170,26 @@ impl Mlp {
         let mut values = Vec::with_capacity(rows.len() * width);
         for (i, row) in rows.iter().enumerate() {
             for f in &self.config.features {
-                let raw = row.get(&f.name).ok_or_else(|| {
-                    WorkerError::InvalidArgument(format!("row {i} has no feature {:?}", f.name))
-                })?;
-                let x = json_number(raw).ok_or_else(|| {
-                    WorkerError::InvalidArgument(format!(
-                        "row {i}, feature {:?}: {raw} is not a number, boolean or null",
-                        f.name
-                    ))
+                let raw = row
+                    .get(&f.name)
+                    .ok_or_else(|| WorkerError::InvalidInstance {
+                        row: i,
+                        column: f.name.clone(),
+                        reason: format!(
+                            "missing; every instance needs the features {:?}",
+                            self.config
+                                .features
+                                .iter()
+                                .map(|f| f.name.as_str())
+                                .collect::<Vec<_>>()
+                        ),
+                    })?;
+                let x = json_number(raw).ok_or_else(|| WorkerError::InvalidInstance {
+                    row: i,
+                    column: f.name.clone(),
+                    reason: format!(
+                        "{raw} is not usable; accepted: a finite number, a numeric string, a boolean or null"
+                    ),
                 })?;
                 values.push(normalise(x, f));
             }
@@ -229,6 +244,60 @@ impl Mlp {
     }
 }
 
+impl Predictor for Mlp {
+    fn inputs(&self) -> Vec<InputColumn> {
+        self.config
+            .features
+            .iter()
+            .map(|f| InputColumn {
+                name: f.name.clone(),
+                kind: InputKind::Number,
+            })
+            .collect()
+    }
+
+    fn target(&self) -> &str {
+        &self.config.target
+    }
+
+    fn predict_json(
+        &self,
+        instances: &[serde_json::Map<String, serde_json::Value>],
+    ) -> Result<Vec<serde_json::Value>> {
+        let numeric_labels = self
+            .config
+            .labels
+            .iter()
+            .all(|l| l.parse::<f64>().is_ok_and(f64::is_finite));
+        Ok(self
+            .predict(instances)?
+            .into_iter()
+            .map(|p| match p {
+                Prediction::Class { label, .. } => label_value(label, numeric_labels),
+                Prediction::Value { value } => serde_json::json!(value),
+            })
+            .collect())
+    }
+}
+
+/// A class label as JSON: a number when every label of the model is one (the target column
+/// was numeric), else the string.
+pub(crate) fn label_value(label: String, numeric: bool) -> serde_json::Value {
+    if numeric {
+        if let Ok(n) = label.parse::<i64>() {
+            return n.into();
+        }
+        if let Some(n) = label
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return serde_json::Value::Number(n);
+        }
+    }
+    serde_json::Value::String(label)
+}
+
 /// A feature value normalised; `None` (null) becomes 0, the normalised mean.
 pub(crate) fn normalise(x: Option<f64>, f: &Feature) -> f32 {
     x.map_or(0.0, |x| ((x - f.mean) / f.std) as f32)
@@ -248,7 +317,7 @@ pub(crate) fn argmax(p: &[f32]) -> usize {
 fn json_number(v: &serde_json::Value) -> Option<Option<f64>> {
     match v {
         serde_json::Value::Null => Some(None),
-        serde_json::Value::Number(n) => n.as_f64().map(Some),
+        serde_json::Value::Number(n) => n.as_f64().filter(|x| x.is_finite()).map(Some),
         serde_json::Value::Bool(b) => Some(Some(f64::from(u8::from(*b)))),
         serde_json::Value::String(s) => text_number(s),
         _ => None,

@@ -313,6 +313,12 @@ fn load_model(
             )?,
             embedder,
         },
+        Capability::Prediction(predictor) => ServedModel::Prediction {
+            architecture: loaded.architecture,
+            format,
+            queue: engine::spawn_prediction(predictor.clone(), capacity, metrics.clone())?,
+            predictor,
+        },
     })
 }
 

@@ -37,7 +37,7 @@ use crate::{Result, WorkerError, objects};
 use adamw::{AdamW, AdamWConfig};
 use checkpoint::{CheckpointMeta, TrainState};
 use data::PreparedDataset;
-use progress::{Phase, Status, StatusWriter};
+use progress::{Phase, ProgressServer, Status, StatusWriter};
 
 /// Model architectures `train` can produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -121,6 +121,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = progress::DEFAULT_TERMINATION_MESSAGE_PATH)]
     #[serde(skip)]
     pub termination_message_path: PathBuf,
+    /// Serve `GET /progress` (the status JSON) on this address while training, e.g.
+    /// `$(POD_IP):8081`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub progress_listen: Option<std::net::SocketAddr>,
 }
 
 /// The settings training runs with (the parsed command line).
@@ -210,10 +215,6 @@ pub fn run_command(args: TrainArgs) -> ExitCode {
         tracing::warn!(error = %e, "could not install the SIGTERM handler; preemption will not checkpoint");
     }
     let status = train(&args, &stop);
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&status).expect("status serialises")
-    );
     match status.phase {
         Phase::Succeeded => ExitCode::SUCCESS,
         Phase::Preempted => ExitCode::from(143),
@@ -222,14 +223,67 @@ pub fn run_command(args: TrainArgs) -> ExitCode {
 }
 
 /// Train as `options` say; `stop` set (by SIGTERM) checkpoints and stops after the current
-/// step. Returns the final status, also written to the status file and termination message.
+/// step. Returns the final status, also written to the status file, printed on stdout and
+/// written to the termination message. With `--progress-listen` the status is served at
+/// `GET /progress` while training runs.
 pub fn train(options: &TrainOptions, stop: &AtomicBool) -> Status {
+    match options
+        .progress_listen
+        .map(ProgressServer::start)
+        .transpose()
+    {
+        Ok(server) => train_with_progress(options, stop, server.as_ref()),
+        Err(e) => {
+            let mut status = initial_status(options, "unknown".into());
+            status.phase = Phase::Failed;
+            status.error = Some(format!("--progress-listen: {e}"));
+            progress::emit_final(&options.termination_message_path, &status);
+            status
+        }
+    }
+}
+
+/// [`train`] reporting live progress through `server` (already started) instead of
+/// `options.progress_listen`.
+pub fn train_with_progress(
+    options: &TrainOptions,
+    stop: &AtomicBool,
+    server: Option<&ProgressServer>,
+) -> Status {
     let device = device::select(DevicePreference::Auto);
-    let mut status = Status {
-        phase: Phase::Starting,
-        device: device
+    let mut status = initial_status(
+        options,
+        device
             .as_ref()
             .map_or_else(|_| "unknown".into(), device::name),
+    );
+    let mut writer = StatusWriter::new(options.status_file.clone(), server);
+    writer.update(&status, true);
+    let result = device.and_then(|device| run(options, &device, stop, &mut status, &mut writer));
+    match result {
+        Ok(()) => status.phase = Phase::Succeeded,
+        Err(WorkerError::Preempted { step }) => {
+            status.phase = Phase::Preempted;
+            status.error = Some(WorkerError::Preempted { step }.to_string());
+        }
+        Err(e) => {
+            status.phase = Phase::Failed;
+            status.error = Some(e.to_string());
+        }
+    }
+    match status.phase {
+        Phase::Succeeded => tracing::info!(model = ?status.model, "training finished"),
+        _ => tracing::error!(error = ?status.error, "training stopped; no model was published"),
+    }
+    writer.update(&status, true);
+    progress::emit_final(&options.termination_message_path, &status);
+    status
+}
+
+fn initial_status(options: &TrainOptions, device: String) -> Status {
+    Status {
+        phase: Phase::Starting,
+        device,
         architecture: serde_json::to_value(options.architecture)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -249,28 +303,7 @@ pub fn train(options: &TrainOptions, stop: &AtomicBool) -> Status {
         model: None,
         manifest_digest: None,
         error: None,
-    };
-    let mut writer = StatusWriter::new(options.status_file.clone());
-    writer.update(&status, true);
-    let result = device.and_then(|device| run(options, &device, stop, &mut status, &mut writer));
-    match result {
-        Ok(()) => status.phase = Phase::Succeeded,
-        Err(WorkerError::Preempted { step }) => {
-            status.phase = Phase::Preempted;
-            status.error = Some(WorkerError::Preempted { step }.to_string());
-        }
-        Err(e) => {
-            status.phase = Phase::Failed;
-            status.error = Some(e.to_string());
-        }
     }
-    match status.phase {
-        Phase::Succeeded => tracing::info!(model = ?status.model, "training finished"),
-        _ => tracing::error!(error = ?status.error, "training stopped; no model was published"),
-    }
-    writer.update(&status, true);
-    progress::write_termination_message(&options.termination_message_path, &status);
-    status
 }
 
 fn check_options(o: &TrainOptions) -> Result<()> {
