@@ -9,6 +9,7 @@
 pub mod api;
 pub mod device;
 pub mod error;
+pub mod inspect;
 pub mod models;
 pub mod objects;
 pub mod prepare;

@@ -157,6 +157,20 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(Manifest::from_json(&bytes)?)
 }
 
+/// The manifest stored in `dir`, or `None` when there is none.
+pub fn read_manifest_if_present(dir: &Path) -> Result<Option<Manifest>> {
+    if dir.join(MANIFEST_KEY).is_file() {
+        read_manifest(dir).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// A local path holding what `uri` names, for readers that need files (model loaders).
+pub fn local_copy(uri: &str) -> Result<PathBuf> {
+    local_path(uri)
+}
+
 /// The bytes of object `key` of a manifest, checked against its size and SHA-256.
 pub fn read_verified(dir: &Path, manifest: &Manifest, key: &str) -> Result<Vec<u8>> {
     let entry = manifest.entry(key).ok_or_else(|| {
