@@ -153,33 +153,14 @@ fn verify(root: &Path, manifest: &Manifest) -> Result<()> {
 /// A manifest of every file below `root` (for artifacts stored without one).
 fn computed_manifest(root: &Path) -> Result<Manifest> {
     let mut keys = Vec::new();
-    collect_keys(root, "", &mut keys)?;
+    objects::collect_files(root, "", &mut keys)?;
+    keys.retain(|k| k != MANIFEST_KEY);
     let mut entries = Vec::with_capacity(keys.len());
     for key in keys {
         let (size, sha256) = objects::sha256_file(&root.join(&key))?;
         entries.push(ManifestEntry { key, size, sha256 });
     }
     Ok(Manifest::new(entries)?)
-}
-
-fn collect_keys(dir: &Path, prefix: &str, keys: &mut Vec<String>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| WorkerError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WorkerError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Hidden files (staging leftovers, caches) are not part of an artifact.
-        if name.starts_with('.') || name == MANIFEST_KEY && prefix.is_empty() {
-            continue;
-        }
-        let key = format!("{prefix}{name}");
-        let path = entry.path();
-        if path.is_dir() {
-            collect_keys(&path, &format!("{key}/"), keys)?;
-        } else {
-            keys.push(key);
-        }
-    }
-    Ok(())
 }
 
 fn corrupt(path: &Path, reason: impl std::fmt::Display) -> WorkerError {

@@ -100,8 +100,7 @@ async fn transfer_moves_a_directory_to_s3_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verified 25 objects"), "{stdout}");
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["manifestDigest"], manifest.digest().as_str());
     assert_eq!(summary["objects"], 25);
     assert_eq!(summary["sourceDeleted"], true);

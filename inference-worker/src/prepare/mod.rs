@@ -175,10 +175,10 @@ fn run(options: &PrepareOptions, report: &mut Report, staging: &mut Option<PathB
             )));
         }
     };
-    let inputs = source::input_files(&objects::local_path(&options.source)?)?;
-    let target = objects::local_path(&options.out)?;
-    objects::check_unpublished(&target)?;
-    let dir = objects::staging_dir(&target)?;
+    let target = objects::Output::parse(&options.out)?;
+    target.check_unpublished()?;
+    let inputs = source::input_files(&objects::local_copy(&options.source)?)?;
+    let dir = target.staging_dir()?;
     *staging = Some(dir.clone());
     fs::create_dir_all(dir.join("data"))
         .map_err(|e| WorkerError::io(format!("creating {}", dir.join("data").display()), e))?;
@@ -280,7 +280,7 @@ fn run(options: &PrepareOptions, report: &mut Report, staging: &mut Option<PathB
     keys.push(DATASET_KEY.into());
     keys.push(STATS_KEY.into());
     let manifest = objects::write_manifest(&dir, &keys)?;
-    objects::publish(&dir, &target)?;
+    target.publish(&dir, &manifest)?;
     *staging = None;
     report.bytes = manifest.total_bytes;
     report.manifest_digest = Some(manifest.digest());

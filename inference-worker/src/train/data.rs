@@ -16,7 +16,7 @@ pub(crate) struct PreparedDataset {
 
 impl PreparedDataset {
     pub fn open(uri: &str) -> Result<Self> {
-        let dir = objects::local_path(uri)?;
+        let dir = objects::local_copy(uri)?;
         let manifest = objects::read_manifest(&dir)?;
         let bytes = objects::read_verified(&dir, &manifest, DATASET_KEY)?;
         let descriptor: DatasetDescriptor = serde_json::from_slice(&bytes)

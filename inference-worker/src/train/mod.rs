@@ -333,16 +333,15 @@ fn check_options(o: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint directory: `--checkpoint-dir`, or `<out>.checkpoints`.
-pub fn checkpoint_dir(options: &TrainOptions) -> Result<PathBuf> {
+/// The checkpoint directory: `--checkpoint-dir`, or `<out>.checkpoints`. An `s3://` one is
+/// a local directory in the cache mirrored to S3 after every checkpoint.
+pub fn checkpoint_dir(options: &TrainOptions) -> Result<objects::Mirror> {
     match &options.checkpoint_dir {
-        Some(uri) => objects::local_path(uri),
-        None => {
-            let out = objects::local_path(&options.out)?;
-            let mut name = out.file_name().unwrap_or_default().to_os_string();
-            name.push(".checkpoints");
-            Ok(out.with_file_name(name))
-        }
+        Some(uri) => objects::Mirror::new(uri),
+        None => objects::Mirror::new(&format!(
+            "{}.checkpoints",
+            options.out.trim_end_matches('/')
+        )),
     }
 }
 
@@ -354,9 +353,10 @@ fn run(
     writer: &mut StatusWriter,
 ) -> Result<()> {
     check_options(options)?;
-    let out = objects::local_path(&options.out)?;
-    objects::check_unpublished(&out)?;
-    let ckpt_dir = checkpoint_dir(options)?;
+    let out = objects::Output::parse(&options.out)?;
+    out.check_unpublished()?;
+    let ckpt_mirror = checkpoint_dir(options)?;
+    let ckpt_dir = ckpt_mirror.local().to_path_buf();
     let dataset = PreparedDataset::open(&options.dataset)?;
 
     // Independent streams, so that changing one use of randomness does not shift the others.
@@ -403,6 +403,7 @@ fn run(
         history: Vec::new(),
     };
     if options.resume {
+        ckpt_mirror.pull()?;
         match checkpoint::load_latest(&ckpt_dir, device)? {
             Some((meta, tensors)) => {
                 let diffs = checkpoint::fingerprint_differences(&meta.fingerprint, &fingerprint);
@@ -434,6 +435,7 @@ fn run(
             state: state.clone(),
         };
         checkpoint::save(&ckpt_dir, params, adam, &meta)?;
+        ckpt_mirror.push()?;
         status.checkpoint_step = Some(state.step);
         Ok(())
     };
@@ -495,7 +497,7 @@ fn run(
         writer.update(status, true);
     }
 
-    let staging = objects::staging_dir(&out)?;
+    let staging = out.staging_dir()?;
     let published = publish_model(&objective, options, status, &state.history, &staging, &out);
     if published.is_err() {
         // Best effort: the staging directory is hidden and never read.
@@ -527,7 +529,7 @@ fn publish_model(
     status: &mut Status,
     history: &[EpochRecord],
     staging: &Path,
-    out: &Path,
+    out: &objects::Output,
 ) -> Result<()> {
     objective.params().save(&staging.join(WEIGHTS_KEY))?;
     let training = serde_json::json!({
@@ -559,8 +561,8 @@ fn publish_model(
     plot::loss_curve_svg(history, &title, &staging.join("loss.svg"))?;
     let keys = [WEIGHTS_KEY, CONFIG_KEY, "metrics.json", "loss.svg"].map(String::from);
     let manifest = objects::write_manifest(staging, &keys)?;
-    objects::publish(staging, out)?;
-    status.model = Some(out.display().to_string());
+    out.publish(staging, &manifest)?;
+    status.model = Some(out.name());
     status.manifest_digest = Some(manifest.digest());
     Ok(())
 }
