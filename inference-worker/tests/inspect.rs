@@ -100,6 +100,8 @@ fn trained_mlp(tmp: &TempDir) -> (std::path::PathBuf, String) {
             dataset: data.display().to_string(),
             architecture: Architecture::Mlp,
             out: out.display().to_string(),
+            base_model: None,
+            text_column: None,
             target: None,
             task: None,
             epochs: 1,

@@ -94,6 +94,8 @@ async fn prepare_train_inspect_and_serve_through_s3() {
         dataset: "s3://data/bc/v1".into(),
         architecture: Architecture::Mlp,
         out: "s3://models/bc/v1".into(),
+        base_model: None,
+        text_column: None,
         target: None,
         task: None,
         epochs: 15,

@@ -38,6 +38,8 @@ fn trained(tmp: &TempDir, dataset: &Path, architecture: Architecture, epochs: u6
         dataset: dataset.display().to_string(),
         architecture,
         out: out.display().to_string(),
+        base_model: None,
+        text_column: None,
         target: None,
         task: None,
         epochs,

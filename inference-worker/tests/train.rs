@@ -52,6 +52,8 @@ fn options(dataset: &Path, architecture: Architecture, out: &Path) -> TrainOptio
         dataset: dataset.display().to_string(),
         architecture,
         out: out.display().to_string(),
+        base_model: None,
+        text_column: None,
         target: None,
         task: None,
         epochs: 30,

@@ -94,6 +94,10 @@ fn serves(model: &ServedModel) -> &'static str {
     match model {
         ServedModel::Generation { .. } => "text generation (/v1/completions, /v1/chat/completions)",
         ServedModel::Embedding { .. } => "embeddings (/v1/embeddings)",
+        ServedModel::Prediction {
+            embeddings: Some(_),
+            ..
+        } => "predictions (/v1/predict) and embeddings (/v1/embeddings)",
         ServedModel::Prediction { .. } => "predictions (/v1/predict)",
     }
 }
@@ -460,10 +464,7 @@ pub(super) async fn embeddings(
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let request: EmbeddingRequest = parse_json(&body)?;
     let model = served(&state, &request.model)?;
-    let ServedModel::Embedding {
-        embedder, queue, ..
-    } = model
-    else {
+    let Some((embedder, queue)) = model.embeddings() else {
         return Err(ApiError::wrong_endpoint(&request.model, serves(model)));
     };
     if let Some(dimensions) = request.dimensions

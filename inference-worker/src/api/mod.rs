@@ -63,10 +63,26 @@ pub enum ServedModel {
         format: &'static str,
         predictor: Arc<dyn Predictor>,
         queue: QueueHandle<PredictionJob>,
+        /// The base model of a fine-tuned text classifier, which serves embeddings too.
+        embeddings: Option<(Arc<dyn Embedder>, QueueHandle<EmbeddingJob>)>,
     },
 }
 
 impl ServedModel {
+    /// The embedder and its queue, when the model serves `/v1/embeddings`.
+    fn embeddings(&self) -> Option<(&Arc<dyn Embedder>, &QueueHandle<EmbeddingJob>)> {
+        match self {
+            Self::Embedding {
+                embedder, queue, ..
+            } => Some((embedder, queue)),
+            Self::Prediction {
+                embeddings: Some((embedder, queue)),
+                ..
+            } => Some((embedder, queue)),
+            _ => None,
+        }
+    }
+
     fn architecture(&self) -> &'static str {
         match self {
             Self::Generation { architecture, .. }

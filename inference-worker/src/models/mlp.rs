@@ -117,6 +117,15 @@ impl Mlp {
         }
     }
 
+    /// A model from its configuration and trained weights (as in `model.safetensors`).
+    pub fn from_tensors(
+        config: MlpConfig,
+        mut tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(config, ParamSource::Loaded(&mut tensors), device)
+    }
+
     fn build(config: MlpConfig, source: ParamSource<'_>, device: &Device) -> Result<Self> {
         if config.features.is_empty() || config.outputs() == 0 {
             return Err(WorkerError::InvalidArgument(
@@ -205,10 +214,54 @@ impl Mlp {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.forward(&self.encode(rows)?)?;
+        self.decode(&self.forward(&self.encode(rows)?)?)
+    }
+
+    /// Predict rows of raw (not yet normalised) feature values in the config's order.
+    pub fn predict_values(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let width = self.config.features.len();
+        let mut values = Vec::with_capacity(rows.len() * width);
+        for row in rows {
+            if row.len() != width {
+                return Err(WorkerError::InvalidArgument(format!(
+                    "a row has {} values; the model takes {width}",
+                    row.len()
+                )));
+            }
+            values.extend(
+                row.iter()
+                    .zip(&self.config.features)
+                    .map(|(&x, f)| normalise(Some(x), f)),
+            );
+        }
+        let x = Tensor::from_vec(values, (rows.len(), width), &self.device)?;
+        self.decode(&self.forward(&x)?)
+    }
+
+    /// Predictions as JSON: labels (numbers when every label is one) or values.
+    pub fn predictions_json(&self, predictions: Vec<Prediction>) -> Vec<serde_json::Value> {
+        let numeric_labels = self
+            .config
+            .labels
+            .iter()
+            .all(|l| l.parse::<f64>().is_ok_and(f64::is_finite));
+        predictions
+            .into_iter()
+            .map(|p| match p {
+                Prediction::Class { label, .. } => label_value(label, numeric_labels),
+                Prediction::Value { value } => serde_json::json!(value),
+            })
+            .collect()
+    }
+
+    /// Predictions from the network's output.
+    fn decode(&self, out: &Tensor) -> Result<Vec<Prediction>> {
         match self.config.task {
             Task::Classification => {
-                let probs = candle_nn::ops::softmax(&out, 1)?.to_vec2::<f32>()?;
+                let probs = candle_nn::ops::softmax(out, 1)?.to_vec2::<f32>()?;
                 Ok(probs
                     .into_iter()
                     .map(|p| {
@@ -264,25 +317,13 @@ impl Predictor for Mlp {
         &self,
         instances: &[serde_json::Map<String, serde_json::Value>],
     ) -> Result<Vec<serde_json::Value>> {
-        let numeric_labels = self
-            .config
-            .labels
-            .iter()
-            .all(|l| l.parse::<f64>().is_ok_and(f64::is_finite));
-        Ok(self
-            .predict(instances)?
-            .into_iter()
-            .map(|p| match p {
-                Prediction::Class { label, .. } => label_value(label, numeric_labels),
-                Prediction::Value { value } => serde_json::json!(value),
-            })
-            .collect())
+        Ok(self.predictions_json(self.predict(instances)?))
     }
 }
 
 /// A class label as JSON: a number when every label of the model is one (the target column
 /// was numeric), else the string.
-pub(crate) fn label_value(label: String, numeric: bool) -> serde_json::Value {
+fn label_value(label: String, numeric: bool) -> serde_json::Value {
     if numeric {
         if let Ok(n) = label.parse::<i64>() {
             return n.into();
@@ -343,5 +384,6 @@ pub(crate) fn architecture_name(a: &ArchitectureConfig) -> &'static str {
     match a {
         ArchitectureConfig::Mlp(_) => "mlp",
         ArchitectureConfig::CharTransformer(_) => "char-transformer",
+        ArchitectureConfig::TextClassifier(_) => "text-classifier",
     }
 }

@@ -7,6 +7,7 @@ pub mod char_transformer;
 pub mod llama;
 pub mod mlp;
 pub mod ops;
+pub mod text_classifier;
 pub mod trained;
 
 pub use char_transformer::{CharGenerator, CharTransformer, CharTransformerConfig};
@@ -61,6 +62,11 @@ pub trait Predictor: Send + Sync {
         &self,
         instances: &[serde_json::Map<String, serde_json::Value>],
     ) -> Result<Vec<serde_json::Value>, WorkerError>;
+    /// The sentence-embedding model inside, when there is one (it then also serves
+    /// `/v1/embeddings`).
+    fn embedder(&self) -> Option<Arc<dyn Embedder>> {
+        None
+    }
 }
 
 /// One input of a [`Predictor`].
@@ -225,9 +231,15 @@ fn load_trained(
                 dir, device,
             )?))),
         ),
+        "text-classifier" => (
+            "text-classifier",
+            Capability::Prediction(Arc::new(text_classifier::TextClassifier::load(
+                dir, device,
+            )?)),
+        ),
         other => {
             return Err(WorkerError::Unsupported(format!(
-                "config.json architecture `{other}` in {}; supported trained architectures: mlp, char-transformer",
+                "config.json architecture `{other}` in {}; supported trained architectures: mlp, char-transformer, text-classifier",
                 dir.display()
             )));
         }

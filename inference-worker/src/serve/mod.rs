@@ -314,6 +314,18 @@ fn load_model(
             architecture: loaded.architecture,
             format,
             queue: engine::spawn_prediction(predictor.clone(), capacity, metrics.clone())?,
+            embeddings: match predictor.embedder() {
+                Some(embedder) => Some((
+                    embedder.clone(),
+                    engine::spawn_embedding(
+                        embedder,
+                        capacity,
+                        args.max_batch as usize,
+                        metrics.clone(),
+                    )?,
+                )),
+                None => None,
+            },
             predictor,
         },
     })

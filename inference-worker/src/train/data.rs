@@ -33,6 +33,16 @@ impl PreparedDataset {
         self.manifest.digest()
     }
 
+    /// The schema of a tabular dataset.
+    pub fn schema(&self) -> Result<&aigc_crds::dataset::DataSchema> {
+        self.descriptor.schema.as_ref().ok_or_else(|| {
+            WorkerError::InvalidArgument(format!(
+                "{} is a text dataset without columns; this needs a tabular (csv or jsonl) dataset",
+                self.dir.display()
+            ))
+        })
+    }
+
     /// Header and rows of a tabular dataset (all shards, in order).
     pub fn table(&self) -> Result<(Vec<String>, Vec<Vec<String>>)> {
         if self.descriptor.format != InputFormat::Csv {

@@ -14,6 +14,7 @@
 pub mod adamw;
 pub mod checkpoint;
 mod data;
+mod finetune;
 pub mod plot;
 pub mod progress;
 mod tabular;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{self, DevicePreference};
 use crate::models::mlp::Task;
+use crate::models::text_classifier;
 use crate::models::{
     ArchitectureConfig, CONFIG_FORMAT, CONFIG_KEY, ModelConfig, Params, WEIGHTS_KEY,
 };
@@ -62,6 +64,16 @@ pub struct TrainArgs {
     /// Directory to publish the trained model to; must not hold a published version.
     #[arg(long)]
     pub out: String,
+    /// Fine-tune: a sentence-embedding model (all-MiniLM-L6-v2 directory, as a path, file://
+    /// or s3:// URI) whose frozen embeddings of the text column feed the MLP head. The output
+    /// is a self-contained text classifier that `serve` answers at /v1/predict (text in) and
+    /// /v1/embeddings.
+    #[arg(long)]
+    pub base_model: Option<String>,
+    /// The text column embedded with --base-model; defaults to the first string column other
+    /// than the target.
+    #[arg(long, requires = "base_model")]
+    pub text_column: Option<String>,
     /// Column to predict (mlp); defaults to the last schema column.
     #[arg(long)]
     pub target: Option<String>,
@@ -325,6 +337,11 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             o.validation_fraction
         )));
     }
+    if o.architecture == Architecture::CharTransformer && o.base_model.is_some() {
+        return Err(WorkerError::InvalidArgument(
+            "--base-model fine-tunes a classification head: use --architecture mlp".into(),
+        ));
+    }
     if o.architecture == Architecture::CharTransformer && (o.target.is_some() || o.task.is_some()) {
         return Err(WorkerError::InvalidArgument(
             "--target and --task apply to the mlp architecture only".into(),
@@ -362,15 +379,34 @@ fn run(
     // Independent streams, so that changing one use of randomness does not shift the others.
     let mut init_rng = Rng::new(options.seed);
     let mut split_rng = Rng::new(options.seed.wrapping_add(1));
-    let objective = match options.architecture {
-        Architecture::Mlp => Objective::Tabular(tabular::Tabular::build(
+    let mut fine_tune = None;
+    let objective = match (options.architecture, &options.base_model) {
+        (Architecture::Mlp, Some(base_model)) => {
+            let table = finetune::embedded_table(&dataset, options, base_model, device)?;
+            let objective = tabular::Tabular::from_table(
+                (table.header, table.rows),
+                &table.schema,
+                options,
+                &mut split_rng,
+                &mut init_rng,
+                device,
+            )?;
+            status.architecture = "text-classifier".into();
+            fine_tune = Some(FineTune {
+                base_model: base_model.clone(),
+                base_dir: table.base_dir,
+                text_column: table.text_column,
+            });
+            Objective::Tabular(objective)
+        }
+        (Architecture::Mlp, None) => Objective::Tabular(tabular::Tabular::build(
             &dataset,
             options,
             &mut split_rng,
             &mut init_rng,
             device,
         )?),
-        Architecture::CharTransformer => {
+        (Architecture::CharTransformer, _) => {
             Objective::Text(text::Text::build(&dataset, options, &mut init_rng, device)?)
         }
     };
@@ -498,7 +534,15 @@ fn run(
     }
 
     let staging = out.staging_dir()?;
-    let published = publish_model(&objective, options, status, &state.history, &staging, &out);
+    let published = publish_model(
+        &objective,
+        fine_tune.as_ref(),
+        options,
+        status,
+        &state.history,
+        &staging,
+        &out,
+    );
     if published.is_err() {
         // Best effort: the staging directory is hidden and never read.
         let _ = std::fs::remove_dir_all(&staging);
@@ -523,8 +567,16 @@ fn refresh(status: &mut Status, state: &TrainState, steps_per_epoch: usize) {
     }
 }
 
+/// What a fine-tuned model adds to its head.
+struct FineTune {
+    base_model: String,
+    base_dir: PathBuf,
+    text_column: String,
+}
+
 fn publish_model(
     objective: &Objective,
+    fine_tune: Option<&FineTune>,
     options: &TrainOptions,
     status: &mut Status,
     history: &[EpochRecord],
@@ -540,9 +592,25 @@ fn publish_model(
         "final": history.last(),
         "baselineValLoss": status.baseline_val_loss,
     });
+    let mut keys = vec![WEIGHTS_KEY.to_string(), CONFIG_KEY.into()];
+    let model = match (objective.architecture_config(), fine_tune) {
+        (ArchitectureConfig::Mlp(head), Some(fine_tune)) => {
+            keys.extend(finetune::copy_base(
+                &fine_tune.base_dir,
+                staging,
+                text_classifier::BASE_DIR,
+            )?);
+            ArchitectureConfig::TextClassifier(text_classifier::TextClassifierConfig {
+                text_column: fine_tune.text_column.clone(),
+                base_model: fine_tune.base_model.clone(),
+                head,
+            })
+        }
+        (config, _) => config,
+    };
     let config = ModelConfig {
         format: CONFIG_FORMAT,
-        model: objective.architecture_config(),
+        model,
         training,
     };
     let write = |key: &str, bytes: Vec<u8>| {
@@ -559,7 +627,7 @@ fn publish_model(
     )?;
     let title = format!("{} loss", status.architecture);
     plot::loss_curve_svg(history, &title, &staging.join("loss.svg"))?;
-    let keys = [WEIGHTS_KEY, CONFIG_KEY, "metrics.json", "loss.svg"].map(String::from);
+    keys.extend(["metrics.json", "loss.svg"].map(String::from));
     let manifest = objects::write_manifest(staging, &keys)?;
     out.publish(staging, &manifest)?;
     status.model = Some(out.name());
