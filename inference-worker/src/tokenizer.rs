@@ -107,7 +107,7 @@ impl TextTokenizer {
             }
         }
         Ok(Self {
-            inner: Vocabulary::Tokenizer(inner),
+            inner: Vocabulary::Tokenizer(Box::new(inner)),
             stop_ids,
         })
     }
@@ -115,7 +115,7 @@ impl TextTokenizer {
     /// Wraps a tokenizer loaded some other way (for example from `tokenizer.json`).
     pub fn from_tokenizer(inner: Tokenizer, stop_ids: Vec<u32>) -> Self {
         Self {
-            inner: Vocabulary::Tokenizer(inner),
+            inner: Vocabulary::Tokenizer(Box::new(inner)),
             stop_ids,
         }
     }
@@ -180,7 +180,7 @@ impl TextTokenizer {
 #[derive(Clone)]
 enum Vocabulary {
     /// A Hugging Face tokenizer (byte-level BPE from GGUF metadata, or `tokenizer.json`).
-    Tokenizer(Tokenizer),
+    Tokenizer(Box<Tokenizer>),
     /// One token per character, the id being the character's position.
     Chars(Vec<char>),
 }
