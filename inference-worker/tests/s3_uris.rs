@@ -1,6 +1,6 @@
 //! `s3://` URIs end to end against a real S3 server (moto): prepare from an S3 object into an
-//! S3 tier, train from it into S3 with checkpoints mirrored to S3, inspect the model there,
-//! and serve it from S3 at `/v1/predict`.
+//! S3 tier, train from it into S3 with checkpoints mirrored to S3 (preempted, then resumed
+//! from S3 alone), inspect the model there, and serve it from S3 at `/v1/predict`.
 //!
 //! This binary holds a single test because it sets the process's AWS environment variables
 //! (the worker reads its S3 settings from them, as in a pod).
@@ -116,8 +116,17 @@ async fn prepare_train_inspect_and_serve_through_s3() {
         termination_message_path: tmp.join("train-log"),
         progress_listen: None,
     };
+    // Preempted after its first step (as at SIGTERM): the checkpoint goes to S3. The resumed
+    // run starts from an empty cache, so it can only continue from what S3 holds.
+    let first = options.clone();
+    let preempted = blocking(move || train(&first, &AtomicBool::new(true)));
+    assert_eq!(preempted.phase, Phase::Preempted, "{preempted:?}");
+    std::fs::remove_dir_all(aigc_worker::objects::cache_dir()).unwrap();
+    let mut options = options;
+    options.resume = true;
     let status = blocking(move || train(&options, &AtomicBool::new(false)));
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert_eq!(status.resumed_from_step, Some(1), "{status:?}");
     assert_eq!(status.model.as_deref(), Some("s3://models/bc/v1"));
     let models = tier("s3://models", &moto).await;
     let keys: Vec<String> = models
