@@ -300,7 +300,11 @@ fn resume_after_sigkill_and_sigterm_matches_an_uninterrupted_run() {
     let mut args = train_args(data, &killed, &killed_log);
     args.push("--resume");
     let resumed = worker(&args).output().unwrap();
-    assert!(resumed.status.success());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
     let result: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert!(result["resumedFromStep"].as_u64().unwrap() >= 7, "{result}");
     assert_eq!(
@@ -333,7 +337,11 @@ fn resume_after_sigkill_and_sigterm_matches_an_uninterrupted_run() {
     let mut args = train_args(data, &termed, &termed_log);
     args.push("--resume");
     let resumed = worker(&args).output().unwrap();
-    assert!(resumed.status.success());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
     let result: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert_eq!(result["resumedFromStep"].as_u64(), Some(preempted_at));
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Model loading: detects a model's format and architecture from its files and hands back
-//! one of a small set of capabilities (text generation, embeddings). A new architecture
-//! plugs in by implementing one of the traits and adding an arm to [`load`].
+//! one of a small set of capabilities (text generation, embeddings, prediction). A new
+//! architecture plugs in by implementing one of the traits and adding an arm to [`load`].
 
 pub mod bert;
 pub mod char_transformer;
