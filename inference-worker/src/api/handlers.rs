@@ -562,8 +562,32 @@ pub(super) async fn predict(
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let request: PredictRequest = parse_json(&body)?;
-    let model = match &request.model {
-        Some(name) => served(&state, name)?,
+    let name = request.model.clone();
+    run_prediction(&state, name.as_deref(), request).await
+}
+
+/// KServe's v1 route, `POST /v1/models/{name}:predict`.
+pub(super) async fn predict_named(
+    State(state): AppStateRef,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(name) = id.strip_suffix(":predict") else {
+        return Err(ApiError::method_not_allowed());
+    };
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let request: PredictRequest = parse_json(&body)?;
+    run_prediction(&state, Some(name), request).await
+}
+
+async fn run_prediction(
+    state: &AppState,
+    name: Option<&str>,
+    request: PredictRequest,
+) -> Result<Response, ApiError> {
+    let model = match name {
+        Some(name) => served(state, name)?,
         None => state.model.get().ok_or_else(ApiError::not_ready)?,
     };
     let ServedModel::Prediction { queue, .. } = model else {

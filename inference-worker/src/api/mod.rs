@@ -104,7 +104,10 @@ impl ServedModel {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models", get(handlers::list_models))
-        .route("/v1/models/{id}", get(handlers::get_model))
+        .route(
+            "/v1/models/{id}",
+            get(handlers::get_model).post(handlers::predict_named),
+        )
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
