@@ -33,6 +33,16 @@ fn prepared(tmp: &TempDir, source: &Path, format: InputFormat, schema: Option<Pa
 }
 
 fn trained(tmp: &TempDir, dataset: &Path, architecture: Architecture, epochs: u64) -> PathBuf {
+    trained_for(tmp, dataset, architecture, epochs, None)
+}
+
+fn trained_for(
+    tmp: &TempDir,
+    dataset: &Path,
+    architecture: Architecture,
+    epochs: u64,
+    target: Option<&str>,
+) -> PathBuf {
     let out = tmp.join("model");
     let options = TrainOptions {
         dataset: dataset.display().to_string(),
@@ -40,7 +50,7 @@ fn trained(tmp: &TempDir, dataset: &Path, architecture: Architecture, epochs: u6
         out: out.display().to_string(),
         base_model: None,
         text_column: None,
-        target: None,
+        target: target.map(str::to_string),
         task: None,
         epochs,
         batch_size: 32,
@@ -193,6 +203,50 @@ async fn mlp_predicts_breast_cancer_over_http_and_names_bad_columns() {
         .await;
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.text().contains("/v1/predict"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn mlp_regression_predicts_numbers_in_target_units() {
+    let tmp = TempDir::new("serve-reg");
+    let csv = training_support::shared_dataset("breast_cancer.csv");
+    let schema = training_support::breast_cancer_schema(tmp.path(), &csv);
+    let data = prepared(&tmp, &csv, InputFormat::Csv, Some(schema));
+    let model = trained_for(&tmp, &data, Architecture::Mlp, 20, Some("mean_area"));
+    let server = start(loopback_args(model)).await;
+    let client = Client::new(&server);
+    let listed = client.get("/v1/models").await.json();
+    assert_eq!(listed["data"][0]["target"], "mean_area");
+
+    let (mut instances, labels) = breast_cancer_instances(&csv);
+    instances.truncate(100);
+    let actual: Vec<f64> = instances
+        .iter()
+        .map(|i| i["mean_area"].as_f64().unwrap())
+        .collect();
+    let mut inputs = instances.clone();
+    for (instance, label) in inputs.iter_mut().zip(&labels) {
+        instance.remove("mean_area");
+        instance.insert("diagnosis_benign".into(), json!(label));
+    }
+    let reply = client
+        .post("/v1/predict", &json!({ "instances": inputs }))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let predicted: Vec<f64> = reply.json()["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().expect("regression predictions are numbers"))
+        .collect();
+    // mean_area has a standard deviation near 350; radius and perimeter determine it closely.
+    let rmse = (predicted
+        .iter()
+        .zip(&actual)
+        .map(|(p, a)| (p - a).powi(2))
+        .sum::<f64>()
+        / actual.len() as f64)
+        .sqrt();
+    assert!(rmse < 120.0, "rmse {rmse} over HTTP");
 }
 
 #[tokio::test]
