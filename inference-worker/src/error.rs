@@ -60,6 +60,14 @@ pub enum WorkerError {
     /// A manifest or key check from aigc-storage.
     #[error(transparent)]
     Storage(#[from] aigc_storage::Error),
+    /// One instance of a prediction request that the model cannot take: which instance (from
+    /// 0), which input column, and what is wrong.
+    #[error("instance {row}, column {column:?}: {reason}")]
+    InvalidInstance {
+        row: usize,
+        column: String,
+        reason: String,
+    },
     /// Training stopped at SIGTERM after writing a checkpoint at this step.
     #[error("preempted by SIGTERM; checkpoint written at step {step}")]
     Preempted {

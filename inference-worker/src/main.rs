@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use aigc_worker::{prepare, serve, train, transfer};
+use aigc_worker::{inspect, prepare, serve, train, transfer};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -27,6 +27,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Move a dataset or model between storage tiers, verifying every object.
     Transfer(transfer::TransferArgs),
+    /// Verify a model against its manifest, parse its format and count its parameters.
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,12 +44,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => report("serve", serve::run(args)),
         Command::Prepare(args) => prepare::run_command(args),
         Command::Train(args) => train::run_command(args),
-        Command::Transfer(args) => {
-            let result = tokio::runtime::Runtime::new()
-                .map_err(|e| aigc_worker::WorkerError::io("tokio runtime", e))
-                .and_then(|runtime| runtime.block_on(transfer::run(args)));
-            report("transfer", result)
-        }
+        Command::Transfer(args) => transfer::run_command(args),
+        Command::Inspect(args) => inspect::run_command(args),
     }
 }
 

@@ -28,7 +28,7 @@ pub const KNOWN_PRE_TOKENIZERS: &[&str] = &["gpt2", "smollm"];
 /// A text tokenizer together with the ids generation needs.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Vocabulary,
     /// Tokens that end generation (EOS and end-of-turn).
     pub stop_ids: Vec<u32>,
 }
@@ -106,29 +106,83 @@ impl TextTokenizer {
                 }
             }
         }
-        Ok(Self { inner, stop_ids })
+        Ok(Self {
+            inner: Vocabulary::Tokenizer(Box::new(inner)),
+            stop_ids,
+        })
     }
 
     /// Wraps a tokenizer loaded some other way (for example from `tokenizer.json`).
     pub fn from_tokenizer(inner: Tokenizer, stop_ids: Vec<u32>) -> Self {
-        Self { inner, stop_ids }
+        Self {
+            inner: Vocabulary::Tokenizer(Box::new(inner)),
+            stop_ids,
+        }
     }
 
-    /// Token ids of `text`; special-token strings in it become their single ids.
+    /// One token per character of `vocab` (the char-transformer's vocabulary, in id order).
+    /// Such a model has no end-of-sequence token; it stops at `max_tokens` or a stop string.
+    pub fn from_chars(vocab: Vec<char>) -> Self {
+        Self {
+            inner: Vocabulary::Chars(vocab),
+            stop_ids: Vec::new(),
+        }
+    }
+
+    /// Token ids of `text`; special-token strings in it become their single ids. A character
+    /// vocabulary refuses text with characters it does not know
+    /// ([`WorkerError::InvalidArgument`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, WorkerError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| WorkerError::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        match &self.inner {
+            Vocabulary::Tokenizer(inner) => {
+                let encoding = inner
+                    .encode(text, false)
+                    .map_err(|e| WorkerError::Tokenizer(e.to_string()))?;
+                Ok(encoding.get_ids().to_vec())
+            }
+            Vocabulary::Chars(vocab) => {
+                text.chars()
+                    .map(|c| {
+                        vocab.iter().position(|&v| v == c).map(|i| i as u32).ok_or_else(|| {
+                        WorkerError::InvalidArgument(format!(
+                            "character {c:?} is not in the model's vocabulary of {} characters",
+                            vocab.len()
+                        ))
+                    })
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Text of `ids`, without special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String, WorkerError> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| WorkerError::Tokenizer(e.to_string()))
+        match &self.inner {
+            Vocabulary::Tokenizer(inner) => inner
+                .decode(ids, true)
+                .map_err(|e| WorkerError::Tokenizer(e.to_string())),
+            Vocabulary::Chars(vocab) => ids
+                .iter()
+                .map(|&id| {
+                    vocab.get(id as usize).copied().ok_or_else(|| {
+                        WorkerError::Tokenizer(format!(
+                            "token id {id} is outside the vocabulary of {} characters",
+                            vocab.len()
+                        ))
+                    })
+                })
+                .collect(),
+        }
     }
+}
+
+/// How text maps to token ids.
+#[derive(Clone)]
+enum Vocabulary {
+    /// A Hugging Face tokenizer (byte-level BPE from GGUF metadata, or `tokenizer.json`).
+    Tokenizer(Box<Tokenizer>),
+    /// One token per character, the id being the character's position.
+    Chars(Vec<char>),
 }
 
 fn pre_tokenizer(name: &str) -> Result<PreTokenizerWrapper, WorkerError> {
@@ -164,7 +218,10 @@ pub enum ChatTemplate {
 impl ChatTemplate {
     /// The template a GGUF vocabulary calls for: ChatML when it has the ChatML markers.
     pub fn for_vocabulary(tokenizer: &TextTokenizer) -> Self {
-        let vocab = tokenizer.inner.get_vocab(true);
+        let Vocabulary::Tokenizer(inner) = &tokenizer.inner else {
+            return Self::Plain;
+        };
+        let vocab = inner.get_vocab(true);
         if vocab.contains_key("<|im_start|>") && vocab.contains_key("<|im_end|>") {
             Self::ChatMl
         } else {

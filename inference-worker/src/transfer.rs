@@ -3,7 +3,7 @@
 //! It exits 0 only when every object is verified at the destination.
 
 use aigc_storage::crds::storage_tier::{RestoreTier, Retrieval, S3StorageClass};
-use aigc_storage::migration::{MigrationOptions, Phase, Progress, migrate};
+use aigc_storage::migration::{MigrationOptions, MigrationReport, Phase, Progress, migrate};
 use aigc_storage::{Location, S3Config, S3Credentials, Tier};
 
 use crate::WorkerError;
@@ -45,10 +45,52 @@ pub struct TransferArgs {
     /// Days a restored copy of an archived source object stays readable.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=365))]
     pub restore_days: u32,
+    /// Where the compact final JSON summary goes (Kubernetes' termination message).
+    #[arg(long, default_value = crate::summary::DEFAULT_TERMINATION_MESSAGE_PATH)]
+    pub termination_message_path: std::path::PathBuf,
+}
+
+/// Run `aigc-worker transfer`: progress lines, then the final JSON summary as the last line
+/// on stdout and in the termination message (`{"to", "objects", "bytes", "manifestDigest",
+/// "copied", "alreadyVerified", "recopied", "abortedUploads", "sourceDeleted"}`, or
+/// `{"error"}`); exit 0 only when every object is verified at the destination.
+pub fn run_command(args: TransferArgs) -> std::process::ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| WorkerError::io("tokio runtime", e))
+        .and_then(|runtime| runtime.block_on(run(args.clone())));
+    let (summary, code) = match result {
+        Ok(report) => (
+            serde_json::json!({
+                "from": args.from,
+                "to": args.to,
+                "objects": report.objects,
+                "bytes": report.bytes,
+                "manifestDigest": report.manifest_digest,
+                "copied": report.copied,
+                "alreadyVerified": report.already_verified,
+                "recopied": report.recopied,
+                "abortedUploads": report.aborted_uploads,
+                "sourceDeleted": report.source_deleted,
+            }),
+            std::process::ExitCode::SUCCESS,
+        ),
+        Err(error) => {
+            eprintln!("aigc-worker transfer: {error}");
+            (
+                serde_json::json!({ "from": args.from, "to": args.to, "error": error.to_string() }),
+                std::process::ExitCode::FAILURE,
+            )
+        }
+    };
+    crate::summary::emit(
+        &crate::summary::compact(&summary, &[]),
+        Some(&args.termination_message_path),
+    );
+    code
 }
 
 /// Run a transfer; `Ok` only when every object is verified at the destination.
-pub async fn run(args: TransferArgs) -> Result<(), WorkerError> {
+pub async fn run(args: TransferArgs) -> Result<MigrationReport, WorkerError> {
     let from = Location::parse(&args.from)?;
     let to = Location::parse(&args.to)?;
     let source_config = s3_config(&args, None)?;
@@ -78,7 +120,7 @@ pub async fn run(args: TransferArgs) -> Result<(), WorkerError> {
             "kept"
         },
     );
-    Ok(())
+    Ok(report)
 }
 
 fn print_progress(p: &Progress<'_>) {

@@ -256,6 +256,8 @@ fn cli_reports_breast_cancer_statistics_and_refuses_to_overwrite() {
             .arg(&out)
             .arg("--report")
             .arg(&report_path)
+            .arg("--termination-message-path")
+            .arg(tmp.join("termination-log"))
             .output()
             .unwrap()
     };
@@ -278,6 +280,13 @@ fn cli_reports_breast_cancer_statistics_and_refuses_to_overwrite() {
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     assert_eq!(on_disk, report);
+    let message = std::fs::read(tmp.join("termination-log")).unwrap();
+    assert!(message.len() <= 4096, "{} bytes", message.len());
+    assert_eq!(
+        message,
+        first.stdout.trim_ascii_end(),
+        "stdout's last line is the termination message"
+    );
 
     let second = run();
     assert_eq!(second.status.code(), Some(1));

@@ -52,6 +52,8 @@ fn options(dataset: &Path, architecture: Architecture, out: &Path) -> TrainOptio
         dataset: dataset.display().to_string(),
         architecture,
         out: out.display().to_string(),
+        base_model: None,
+        text_column: None,
         target: None,
         task: None,
         epochs: 30,
@@ -70,6 +72,7 @@ fn options(dataset: &Path, architecture: Architecture, out: &Path) -> TrainOptio
         block_size: 32,
         status_file: None,
         termination_message_path: out.with_extension("termination-log"),
+        progress_listen: None,
     }
 }
 
@@ -162,7 +165,10 @@ fn mlp_classifies_breast_cancer_and_serves_predictions() {
     let mut missing = rows[0].clone();
     missing.remove("mean_area");
     let err = model.predict(&[missing]).unwrap_err().to_string();
-    assert_eq!(err, "row 0 has no feature \"mean_area\"");
+    assert!(
+        err.starts_with("instance 0, column \"mean_area\": missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -294,7 +300,11 @@ fn resume_after_sigkill_and_sigterm_matches_an_uninterrupted_run() {
     let mut args = train_args(data, &killed, &killed_log);
     args.push("--resume");
     let resumed = worker(&args).output().unwrap();
-    assert!(resumed.status.success());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
     let result: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert!(result["resumedFromStep"].as_u64().unwrap() >= 7, "{result}");
     assert_eq!(
@@ -327,7 +337,11 @@ fn resume_after_sigkill_and_sigterm_matches_an_uninterrupted_run() {
     let mut args = train_args(data, &termed, &termed_log);
     args.push("--resume");
     let resumed = worker(&args).output().unwrap();
-    assert!(resumed.status.success());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
     let result: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
     assert_eq!(result["resumedFromStep"].as_u64(), Some(preempted_at));
     assert_eq!(
@@ -431,5 +445,65 @@ fn char_transformer_preempted_in_process_resumes_to_identical_weights() {
     assert_eq!(
         std::fs::read(resumed.join("model.safetensors")).unwrap(),
         std::fs::read(straight.join("model.safetensors")).unwrap()
+    );
+}
+
+/// `GET /progress` over plain HTTP/1.1 with std only: the body, or `None` while nothing
+/// answers.
+fn get_progress(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /progress HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some(serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn progress_endpoint_serves_the_live_status_while_training() {
+    use aigc_worker::train::progress::ProgressServer;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let tmp = TempDir::new("train-progress");
+    let data = prepared_breast_cancer(&tmp);
+    let out = tmp.join("model");
+    let mut o = options(&data, Architecture::Mlp, &out);
+    o.epochs = 1_000_000;
+    let server = ProgressServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = std::thread::scope(|scope| {
+        let run = scope.spawn(|| aigc_worker::train::train_with_progress(&o, &stop, Some(&server)));
+        // Poll until training is visibly under way: running, with steps taken.
+        let live = loop {
+            assert!(!run.is_finished(), "training ended before it was observed");
+            if let Some(p) = get_progress(addr)
+                && p["phase"] == "Running"
+                && p["step"].as_u64().unwrap_or(0) > 0
+            {
+                break p;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(live["architecture"], "mlp");
+        assert_eq!(live["epochs"], 1_000_000);
+        assert!(live["totalSteps"].as_u64().unwrap() > live["step"].as_u64().unwrap());
+        assert!(live["progress"].as_f64().unwrap() < 1.0);
+        stop.store(true, Ordering::SeqCst);
+        run.join().unwrap()
+    });
+    assert_eq!(status.phase, Phase::Preempted, "{status:?}");
+    let last = get_progress(addr).unwrap();
+    assert_eq!(last["phase"], "Preempted");
+    assert_eq!(last["step"], status.step);
+    drop(server);
+    assert!(
+        get_progress(addr).is_none(),
+        "the server stops with training"
     );
 }

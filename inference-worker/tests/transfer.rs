@@ -100,7 +100,10 @@ async fn transfer_moves_a_directory_to_s3_and_exits_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verified 25 objects"), "{stdout}");
-    assert!(stdout.contains(&manifest.digest()), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["manifestDigest"], manifest.digest().as_str());
+    assert_eq!(summary["objects"], 25);
+    assert_eq!(summary["sourceDeleted"], true);
 
     let to = open("s3://cold/ds/v1", &config).await;
     assert_eq!(to.read_manifest().await.unwrap().unwrap(), manifest);

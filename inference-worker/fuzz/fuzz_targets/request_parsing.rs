@@ -4,7 +4,8 @@
 #![no_main]
 
 use aigc_worker::api::types::{
-    ChatRequest, CompletionRequest, EmbeddingRequest, parse_generation_request, parse_json,
+    ChatRequest, CompletionRequest, EmbeddingRequest, PredictRequest, parse_generation_request,
+    parse_json,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -27,6 +28,9 @@ fuzz_target!(|body: &[u8]| {
         Err(e) => client_error(e),
     }
     if let Err(e) = parse_json::<EmbeddingRequest>(body) {
+        client_error(e);
+    }
+    if let Err(e) = parse_json::<PredictRequest>(body) {
         client_error(e);
     }
 });

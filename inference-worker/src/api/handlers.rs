@@ -19,13 +19,17 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::error::ApiError;
 use crate::api::types::{
     ChatRequest, CompletionRequest, EmbeddingRequest, EncodingFormat, FinishReason,
-    GenerationSettings, Usage, parse_generation_request, parse_json,
+    GenerationSettings, PredictRequest, Usage, parse_generation_request, parse_json,
 };
 use crate::api::{AppState, ServedModel};
-use crate::serve::engine::{EmbeddingJob, EnqueueError, GenerationEvent, GenerationJob};
+use crate::serve::engine::{
+    EmbeddingJob, EnqueueError, GenerationEvent, GenerationJob, PredictionJob,
+};
 
 /// Most inputs one embeddings request may carry (as OpenAI).
 const MAX_EMBEDDING_INPUTS: usize = 2048;
+/// Most instances one prediction request may carry.
+const MAX_PREDICT_INSTANCES: usize = 10_000;
 
 type AppStateRef = State<Arc<AppState>>;
 
@@ -64,7 +68,7 @@ pub(super) async fn method_not_allowed() -> ApiError {
 }
 
 fn model_object(state: &AppState, model: &ServedModel) -> Value {
-    json!({
+    let mut object = json!({
         "id": state.model_id,
         "object": "model",
         "created": state.created,
@@ -75,8 +79,27 @@ fn model_object(state: &AppState, model: &ServedModel) -> Value {
         "capability": match model {
             ServedModel::Generation { .. } => "text-generation",
             ServedModel::Embedding { .. } => "embeddings",
+            ServedModel::Prediction { .. } => "prediction",
         },
-    })
+    });
+    if let ServedModel::Prediction { predictor, .. } = model {
+        object["inputs"] = json!(predictor.inputs());
+        object["target"] = json!(predictor.target());
+    }
+    object
+}
+
+/// What a model serves, for errors that send a request to the wrong route.
+fn serves(model: &ServedModel) -> &'static str {
+    match model {
+        ServedModel::Generation { .. } => "text generation (/v1/completions, /v1/chat/completions)",
+        ServedModel::Embedding { .. } => "embeddings (/v1/embeddings)",
+        ServedModel::Prediction {
+            embeddings: Some(_),
+            ..
+        } => "predictions (/v1/predict) and embeddings (/v1/embeddings)",
+        ServedModel::Prediction { .. } => "predictions (/v1/predict)",
+    }
 }
 
 pub(super) async fn list_models(State(state): AppStateRef) -> Result<Json<Value>, ApiError> {
@@ -134,18 +157,21 @@ pub(super) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let (request, generation): (ChatRequest, _) = parse_generation_request(&body)?;
+    let model = served(&state, &request.model)?;
     let ServedModel::Generation {
         tokenizer,
         template,
         context_length,
         ..
-    } = served(&state, &request.model)?
+    } = model
     else {
-        return Err(ApiError::wrong_endpoint(&request.model, "embeddings"));
+        return Err(ApiError::wrong_endpoint(&request.model, serves(model)));
     };
     let settings = generation.validate(*context_length)?;
     let prompt = template.render(&request.chat_messages()?);
-    let ids = tokenizer.encode(&prompt).map_err(ApiError::internal)?;
+    let ids = tokenizer
+        .encode(&prompt)
+        .map_err(|e| prompt_error("messages", e))?;
     generate(&state, Endpoint::Chat, &request.model, ids, settings).await
 }
 
@@ -156,18 +182,19 @@ pub(super) async fn completions(
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let (request, generation): (CompletionRequest, _) = parse_generation_request(&body)?;
+    let model = served(&state, &request.model)?;
     let ServedModel::Generation {
         tokenizer,
         context_length,
         ..
-    } = served(&state, &request.model)?
+    } = model
     else {
-        return Err(ApiError::wrong_endpoint(&request.model, "embeddings"));
+        return Err(ApiError::wrong_endpoint(&request.model, serves(model)));
     };
     let settings = generation.validate(*context_length)?;
     let ids = tokenizer
         .encode(request.single_prompt()?)
-        .map_err(ApiError::internal)?;
+        .map_err(|e| prompt_error("prompt", e))?;
     if ids.is_empty() {
         return Err(ApiError::out_of_range(
             "prompt",
@@ -436,11 +463,9 @@ pub(super) async fn embeddings(
 ) -> Result<Response, ApiError> {
     let body = read_body(&headers, body, state.max_body_bytes).await?;
     let request: EmbeddingRequest = parse_json(&body)?;
-    let ServedModel::Embedding {
-        embedder, queue, ..
-    } = served(&state, &request.model)?
-    else {
-        return Err(ApiError::wrong_endpoint(&request.model, "text generation"));
+    let model = served(&state, &request.model)?;
+    let Some((embedder, queue)) = model.embeddings() else {
+        return Err(ApiError::wrong_endpoint(&request.model, serves(model)));
     };
     if let Some(dimensions) = request.dimensions
         && dimensions != embedder.dimensions() as i64
@@ -517,6 +542,87 @@ pub(super) async fn embeddings(
         "usage": usage,
     }))
     .into_response())
+}
+
+/// A prompt the tokenizer refuses: text a character vocabulary does not cover is the client's
+/// mistake (422 naming `param`); anything else is the server's.
+fn prompt_error(param: &str, error: crate::WorkerError) -> ApiError {
+    match error {
+        crate::WorkerError::InvalidArgument(message) => {
+            ApiError::out_of_range(param, format!("`{param}`: {message}"))
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+pub(super) async fn predict(
+    State(state): AppStateRef,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let request: PredictRequest = parse_json(&body)?;
+    let name = request.model.clone();
+    run_prediction(&state, name.as_deref(), request).await
+}
+
+/// KServe's v1 route, `POST /v1/models/{name}:predict`.
+pub(super) async fn predict_named(
+    State(state): AppStateRef,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(name) = id.strip_suffix(":predict") else {
+        return Err(ApiError::method_not_allowed());
+    };
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let request: PredictRequest = parse_json(&body)?;
+    run_prediction(&state, Some(name), request).await
+}
+
+async fn run_prediction(
+    state: &AppState,
+    name: Option<&str>,
+    request: PredictRequest,
+) -> Result<Response, ApiError> {
+    let model = match name {
+        Some(name) => served(state, name)?,
+        None => state.model.get().ok_or_else(ApiError::not_ready)?,
+    };
+    let ServedModel::Prediction { queue, .. } = model else {
+        return Err(ApiError::wrong_endpoint(&state.model_id, serves(model)));
+    };
+    let count = request.instances.len();
+    if count == 0 || count > MAX_PREDICT_INSTANCES {
+        return Err(ApiError::out_of_range(
+            "instances",
+            format!("`instances` has {count} objects; accepted: 1 to {MAX_PREDICT_INSTANCES}"),
+        ));
+    }
+    let (reply, answer) = oneshot::channel();
+    match queue.try_enqueue(PredictionJob {
+        instances: request.instances,
+        reply,
+    }) {
+        Ok(()) => {}
+        Err(EnqueueError::Full { capacity }) => {
+            return Err(ApiError::queue_full("prediction", capacity));
+        }
+        Err(EnqueueError::Stopped) => return Err(ApiError::internal("the model thread stopped")),
+    }
+    let predictions = answer
+        .await
+        .map_err(|_| ApiError::internal("the model thread stopped"))?
+        .map_err(|e| match e {
+            crate::WorkerError::InvalidInstance {
+                row,
+                column,
+                reason,
+            } => ApiError::invalid_field(format!("instances[{row}].{column}"), reason),
+            other => ApiError::internal(other),
+        })?;
+    Ok(Json(json!({ "predictions": predictions, "model": state.model_id })).into_response())
 }
 
 fn response_id(endpoint: Endpoint) -> String {

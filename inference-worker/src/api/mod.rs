@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 
 use crate::api::auth::ApiKeys;
 use crate::api::error::ApiError;
-use crate::models::Embedder;
-use crate::serve::engine::{EmbeddingJob, GenerationJob, QueueHandle};
+use crate::models::{Embedder, Predictor};
+use crate::serve::engine::{EmbeddingJob, GenerationJob, PredictionJob, QueueHandle};
 use crate::serve::metrics::Metrics;
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
 
@@ -57,20 +57,45 @@ pub enum ServedModel {
         embedder: Arc<dyn Embedder>,
         queue: QueueHandle<EmbeddingJob>,
     },
+    /// A tabular (or text) classifier or regressor behind `/v1/predict`.
+    Prediction {
+        architecture: &'static str,
+        format: &'static str,
+        predictor: Arc<dyn Predictor>,
+        queue: QueueHandle<PredictionJob>,
+        /// The base model of a fine-tuned text classifier, which serves embeddings too.
+        embeddings: Option<(Arc<dyn Embedder>, QueueHandle<EmbeddingJob>)>,
+    },
 }
 
 impl ServedModel {
+    /// The embedder and its queue, when the model serves `/v1/embeddings`.
+    fn embeddings(&self) -> Option<(&Arc<dyn Embedder>, &QueueHandle<EmbeddingJob>)> {
+        match self {
+            Self::Embedding {
+                embedder, queue, ..
+            } => Some((embedder, queue)),
+            Self::Prediction {
+                embeddings: Some((embedder, queue)),
+                ..
+            } => Some((embedder, queue)),
+            _ => None,
+        }
+    }
+
     fn architecture(&self) -> &'static str {
         match self {
-            Self::Generation { architecture, .. } | Self::Embedding { architecture, .. } => {
-                architecture
-            }
+            Self::Generation { architecture, .. }
+            | Self::Embedding { architecture, .. }
+            | Self::Prediction { architecture, .. } => architecture,
         }
     }
 
     fn format(&self) -> &'static str {
         match self {
-            Self::Generation { format, .. } | Self::Embedding { format, .. } => format,
+            Self::Generation { format, .. }
+            | Self::Embedding { format, .. }
+            | Self::Prediction { format, .. } => format,
         }
     }
 }
@@ -79,10 +104,14 @@ impl ServedModel {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/models", get(handlers::list_models))
-        .route("/v1/models/{id}", get(handlers::get_model))
+        .route(
+            "/v1/models/{id}",
+            get(handlers::get_model).post(handlers::predict_named),
+        )
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/predict", post(handlers::predict))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
@@ -139,6 +168,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/predict",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -311,6 +311,15 @@ pub enum EncodingFormat {
     Base64,
 }
 
+/// `POST /v1/predict`, KServe's v1 protocol: one object per instance, keyed by input column.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PredictRequest {
+    /// Optional; when given it must name the served model.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub instances: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Token counts reported with every response.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {

@@ -13,8 +13,11 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::mlp::architecture_name;
-use super::{ArchitectureConfig, Builder, Dense, Init, ParamSource, Params, read_model};
+use super::{
+    ArchitectureConfig, Builder, Dense, Init, ParamSource, Params, TextGenerator, read_model,
+};
 use crate::rng::Rng;
+use crate::tokenizer::{ChatTemplate, TextTokenizer};
 use crate::{Result, WorkerError};
 
 /// Configuration of a character transformer.
@@ -249,6 +252,65 @@ impl CharTransformer {
             out.push(self.config.vocab[next]);
         }
         Ok(out)
+    }
+}
+
+/// Longest sequence (prompt plus output) served. Attention covers the last `block_size`
+/// characters; longer sequences slide that window, so this bound only keeps requests finite.
+pub const MAX_SERVED_SEQUENCE: usize = 4096;
+
+/// A char-transformer behind the server's [`TextGenerator`] interface: it keeps the sequence
+/// so far (the model has no KV cache) and runs the model over its last `block_size`
+/// characters for each new character.
+pub struct CharGenerator {
+    model: CharTransformer,
+    tokenizer: TextTokenizer,
+    sequence: Vec<u32>,
+}
+
+impl CharGenerator {
+    pub fn new(model: CharTransformer) -> Self {
+        let tokenizer = TextTokenizer::from_chars(model.config.vocab.clone());
+        Self {
+            model,
+            tokenizer,
+            sequence: Vec::new(),
+        }
+    }
+}
+
+impl TextGenerator for CharGenerator {
+    fn context_length(&self) -> usize {
+        MAX_SERVED_SEQUENCE
+    }
+
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    fn chat_template(&self) -> ChatTemplate {
+        ChatTemplate::Plain
+    }
+
+    fn reset(&mut self) {
+        self.sequence.clear();
+    }
+
+    fn next_logits(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>> {
+        self.sequence.truncate(start);
+        self.sequence.extend_from_slice(tokens);
+        let window = &self.sequence[self
+            .sequence
+            .len()
+            .saturating_sub(self.model.config.block_size)..];
+        if window.is_empty() {
+            return Err(WorkerError::InvalidArgument(
+                "the prompt is empty; give at least one character".into(),
+            ));
+        }
+        let ids = Tensor::from_slice(window, (1, window.len()), &self.model.device)?;
+        let logits = self.model.forward(&ids)?;
+        Ok(logits.squeeze(0)?.get(window.len() - 1)?.to_vec1()?)
     }
 }
 

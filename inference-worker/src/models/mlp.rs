@@ -10,7 +10,10 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{ArchitectureConfig, Builder, Dense, ParamSource, Params, read_model};
+use super::{
+    ArchitectureConfig, Builder, Dense, InputColumn, InputKind, ParamSource, Params, Predictor,
+    read_model,
+};
 use crate::rng::Rng;
 use crate::{Result, WorkerError};
 
@@ -114,6 +117,15 @@ impl Mlp {
         }
     }
 
+    /// A model from its configuration and trained weights (as in `model.safetensors`).
+    pub fn from_tensors(
+        config: MlpConfig,
+        mut tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::build(config, ParamSource::Loaded(&mut tensors), device)
+    }
+
     fn build(config: MlpConfig, source: ParamSource<'_>, device: &Device) -> Result<Self> {
         if config.features.is_empty() || config.outputs() == 0 {
             return Err(WorkerError::InvalidArgument(
@@ -167,14 +179,26 @@ impl Mlp {
         let mut values = Vec::with_capacity(rows.len() * width);
         for (i, row) in rows.iter().enumerate() {
             for f in &self.config.features {
-                let raw = row.get(&f.name).ok_or_else(|| {
-                    WorkerError::InvalidArgument(format!("row {i} has no feature {:?}", f.name))
-                })?;
-                let x = json_number(raw).ok_or_else(|| {
-                    WorkerError::InvalidArgument(format!(
-                        "row {i}, feature {:?}: {raw} is not a number, boolean or null",
-                        f.name
-                    ))
+                let raw = row
+                    .get(&f.name)
+                    .ok_or_else(|| WorkerError::InvalidInstance {
+                        row: i,
+                        column: f.name.clone(),
+                        reason: format!(
+                            "missing; every instance needs the features {:?}",
+                            self.config
+                                .features
+                                .iter()
+                                .map(|f| f.name.as_str())
+                                .collect::<Vec<_>>()
+                        ),
+                    })?;
+                let x = json_number(raw).ok_or_else(|| WorkerError::InvalidInstance {
+                    row: i,
+                    column: f.name.clone(),
+                    reason: format!(
+                        "{raw} is not usable; accepted: a finite number, a numeric string, a boolean or null"
+                    ),
                 })?;
                 values.push(normalise(x, f));
             }
@@ -190,10 +214,54 @@ impl Mlp {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.forward(&self.encode(rows)?)?;
+        self.decode(&self.forward(&self.encode(rows)?)?)
+    }
+
+    /// Predict rows of raw (not yet normalised) feature values in the config's order.
+    pub fn predict_values(&self, rows: &[Vec<f64>]) -> Result<Vec<Prediction>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let width = self.config.features.len();
+        let mut values = Vec::with_capacity(rows.len() * width);
+        for row in rows {
+            if row.len() != width {
+                return Err(WorkerError::InvalidArgument(format!(
+                    "a row has {} values; the model takes {width}",
+                    row.len()
+                )));
+            }
+            values.extend(
+                row.iter()
+                    .zip(&self.config.features)
+                    .map(|(&x, f)| normalise(Some(x), f)),
+            );
+        }
+        let x = Tensor::from_vec(values, (rows.len(), width), &self.device)?;
+        self.decode(&self.forward(&x)?)
+    }
+
+    /// Predictions as JSON: labels (numbers when every label is one) or values.
+    pub fn predictions_json(&self, predictions: Vec<Prediction>) -> Vec<serde_json::Value> {
+        let numeric_labels = self
+            .config
+            .labels
+            .iter()
+            .all(|l| l.parse::<f64>().is_ok_and(f64::is_finite));
+        predictions
+            .into_iter()
+            .map(|p| match p {
+                Prediction::Class { label, .. } => label_value(label, numeric_labels),
+                Prediction::Value { value } => serde_json::json!(value),
+            })
+            .collect()
+    }
+
+    /// Predictions from the network's output.
+    fn decode(&self, out: &Tensor) -> Result<Vec<Prediction>> {
         match self.config.task {
             Task::Classification => {
-                let probs = candle_nn::ops::softmax(&out, 1)?.to_vec2::<f32>()?;
+                let probs = candle_nn::ops::softmax(out, 1)?.to_vec2::<f32>()?;
                 Ok(probs
                     .into_iter()
                     .map(|p| {
@@ -229,6 +297,48 @@ impl Mlp {
     }
 }
 
+impl Predictor for Mlp {
+    fn inputs(&self) -> Vec<InputColumn> {
+        self.config
+            .features
+            .iter()
+            .map(|f| InputColumn {
+                name: f.name.clone(),
+                kind: InputKind::Number,
+            })
+            .collect()
+    }
+
+    fn target(&self) -> &str {
+        &self.config.target
+    }
+
+    fn predict_json(
+        &self,
+        instances: &[serde_json::Map<String, serde_json::Value>],
+    ) -> Result<Vec<serde_json::Value>> {
+        Ok(self.predictions_json(self.predict(instances)?))
+    }
+}
+
+/// A class label as JSON: a number when every label of the model is one (the target column
+/// was numeric), else the string.
+fn label_value(label: String, numeric: bool) -> serde_json::Value {
+    if numeric {
+        if let Ok(n) = label.parse::<i64>() {
+            return n.into();
+        }
+        if let Some(n) = label
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return serde_json::Value::Number(n);
+        }
+    }
+    serde_json::Value::String(label)
+}
+
 /// A feature value normalised; `None` (null) becomes 0, the normalised mean.
 pub(crate) fn normalise(x: Option<f64>, f: &Feature) -> f32 {
     x.map_or(0.0, |x| ((x - f.mean) / f.std) as f32)
@@ -248,7 +358,7 @@ pub(crate) fn argmax(p: &[f32]) -> usize {
 fn json_number(v: &serde_json::Value) -> Option<Option<f64>> {
     match v {
         serde_json::Value::Null => Some(None),
-        serde_json::Value::Number(n) => n.as_f64().map(Some),
+        serde_json::Value::Number(n) => n.as_f64().filter(|x| x.is_finite()).map(Some),
         serde_json::Value::Bool(b) => Some(Some(f64::from(u8::from(*b)))),
         serde_json::Value::String(s) => text_number(s),
         _ => None,
@@ -274,5 +384,6 @@ pub(crate) fn architecture_name(a: &ArchitectureConfig) -> &'static str {
     match a {
         ArchitectureConfig::Mlp(_) => "mlp",
         ArchitectureConfig::CharTransformer(_) => "char-transformer",
+        ArchitectureConfig::TextClassifier(_) => "text-classifier",
     }
 }

@@ -1,15 +1,16 @@
 //! Model loading: detects a model's format and architecture from its files and hands back
-//! one of a small set of capabilities (text generation, embeddings). A new architecture
-//! plugs in by implementing one of the traits and adding an arm to [`load`].
+//! one of a small set of capabilities (text generation, embeddings, prediction). A new
+//! architecture plugs in by implementing one of the traits and adding an arm to [`load`].
 
 pub mod bert;
 pub mod char_transformer;
 pub mod llama;
 pub mod mlp;
 pub mod ops;
+pub mod text_classifier;
 pub mod trained;
 
-pub use char_transformer::{CharTransformer, CharTransformerConfig};
+pub use char_transformer::{CharGenerator, CharTransformer, CharTransformerConfig};
 pub use mlp::{Mlp, MlpConfig, Prediction};
 pub use trained::*;
 
@@ -48,10 +49,49 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, WorkerError>;
 }
 
+/// A model that predicts one value per instance of named inputs: a class label or a number.
+pub trait Predictor: Send + Sync {
+    /// The inputs every instance must have, in the model's order.
+    fn inputs(&self) -> Vec<InputColumn>;
+    /// The column it predicts.
+    fn target(&self) -> &str;
+    /// One prediction per instance, as JSON: the class label (a number when the labels are
+    /// numbers) or the predicted value. An instance the model cannot take is a
+    /// [`WorkerError::InvalidInstance`] naming the instance and column.
+    fn predict_json(
+        &self,
+        instances: &[serde_json::Map<String, serde_json::Value>],
+    ) -> Result<Vec<serde_json::Value>, WorkerError>;
+    /// The sentence-embedding model inside, when there is one (it then also serves
+    /// `/v1/embeddings`).
+    fn embedder(&self) -> Option<Arc<dyn Embedder>> {
+        None
+    }
+}
+
+/// One input of a [`Predictor`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InputColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: InputKind,
+}
+
+/// What an input takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// A number (also a numeric string, a boolean, or null for "unknown").
+    Number,
+    /// A string of text.
+    Text,
+}
+
 /// What a loaded model can do.
 pub enum Capability {
     Generation(Box<dyn TextGenerator>),
     Embedding(Arc<dyn Embedder>),
+    Prediction(Arc<dyn Predictor>),
 }
 
 /// A loaded model and what `/v1/models` says about it.
@@ -151,6 +191,9 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, WorkerError> {
             })
         }
         ModelFormat::Safetensors { dir } => {
+            if let Some(architecture) = trained_architecture(dir)? {
+                return load_trained(dir, &architecture, format.clone(), device);
+            }
             let model_type = config_model_type(dir)?;
             match model_type.as_str() {
                 "bert" => {
@@ -170,14 +213,66 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel, WorkerError> {
     }
 }
 
-fn config_model_type(dir: &Path) -> Result<String, WorkerError> {
+/// Loads a model directory written by `aigc-worker train`.
+fn load_trained(
+    dir: &Path,
+    architecture: &str,
+    format: ModelFormat,
+    device: &Device,
+) -> Result<LoadedModel, WorkerError> {
+    let (architecture, capability) = match architecture {
+        "mlp" => (
+            "mlp",
+            Capability::Prediction(Arc::new(Mlp::load(dir, device)?)),
+        ),
+        "char-transformer" => (
+            "char-transformer",
+            Capability::Generation(Box::new(CharGenerator::new(CharTransformer::load(
+                dir, device,
+            )?))),
+        ),
+        "text-classifier" => (
+            "text-classifier",
+            Capability::Prediction(Arc::new(text_classifier::TextClassifier::load(
+                dir, device,
+            )?)),
+        ),
+        other => {
+            return Err(WorkerError::Unsupported(format!(
+                "config.json architecture `{other}` in {}; supported trained architectures: mlp, char-transformer, text-classifier",
+                dir.display()
+            )));
+        }
+    };
+    Ok(LoadedModel {
+        architecture,
+        format,
+        capability,
+    })
+}
+
+fn read_config_json(dir: &Path) -> Result<serde_json::Value, WorkerError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| WorkerError::io(&path, e))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| WorkerError::ModelFormat {
-            path: path.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
+    serde_json::from_str(&text).map_err(|e| WorkerError::ModelFormat {
+        path,
+        reason: format!("not JSON: {e}"),
+    })
+}
+
+/// The `architecture` of a trained model's config (see [`ModelConfig`]), or `None` for a
+/// config of another kind (a Hugging Face `config.json` names a `model_type` instead).
+fn trained_architecture(dir: &Path) -> Result<Option<String>, WorkerError> {
+    let config = read_config_json(dir)?;
+    Ok(match (config.get("architecture"), config.get("format")) {
+        (Some(serde_json::Value::String(a)), Some(serde_json::Value::Number(_))) => Some(a.clone()),
+        _ => None,
+    })
+}
+
+fn config_model_type(dir: &Path) -> Result<String, WorkerError> {
+    let path = dir.join("config.json");
+    let config = read_config_json(dir)?;
     config
         .get("model_type")
         .and_then(|v| v.as_str())

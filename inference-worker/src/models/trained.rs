@@ -45,6 +45,8 @@ pub enum ArchitectureConfig {
     Mlp(MlpConfig),
     /// Decoder-only character-level transformer.
     CharTransformer(CharTransformerConfig),
+    /// An MLP head on a frozen sentence-embedding base model.
+    TextClassifier(super::text_classifier::TextClassifierConfig),
 }
 
 /// Read and check a model directory's config and weights against its manifest.

@@ -175,10 +175,10 @@ fn run(options: &PrepareOptions, report: &mut Report, staging: &mut Option<PathB
             )));
         }
     };
-    let inputs = source::input_files(&objects::local_path(&options.source)?)?;
-    let target = objects::local_path(&options.out)?;
-    objects::check_unpublished(&target)?;
-    let dir = objects::staging_dir(&target)?;
+    let target = objects::Output::parse(&options.out)?;
+    target.check_unpublished()?;
+    let inputs = source::input_files(&objects::local_copy(&options.source)?)?;
+    let dir = target.staging_dir()?;
     *staging = Some(dir.clone());
     fs::create_dir_all(dir.join("data"))
         .map_err(|e| WorkerError::io(format!("creating {}", dir.join("data").display()), e))?;
@@ -280,7 +280,7 @@ fn run(options: &PrepareOptions, report: &mut Report, staging: &mut Option<PathB
     keys.push(DATASET_KEY.into());
     keys.push(STATS_KEY.into());
     let manifest = objects::write_manifest(&dir, &keys)?;
-    objects::publish(&dir, &target)?;
+    target.publish(&dir, &manifest)?;
     *staging = None;
     report.bytes = manifest.total_bytes;
     report.manifest_digest = Some(manifest.digest());
@@ -488,13 +488,18 @@ pub struct PrepareArgs {
     /// Start a new shard once one reaches this many bytes.
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     pub shard_bytes: u64,
-    /// Also write the JSON report here (for example the container's termination-message path).
+    /// Also write the full JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Where the compact final summary goes (Kubernetes' termination message; at most 4096
+    /// bytes: the report, less reject samples and column statistics when it would not fit).
+    #[arg(long, default_value = crate::summary::DEFAULT_TERMINATION_MESSAGE_PATH)]
+    pub termination_message_path: PathBuf,
 }
 
-/// Run `aigc-worker prepare`: print the report as JSON on stdout (and to `--report`); exit 0
-/// when the dataset was published, 1 when it was not.
+/// Run `aigc-worker prepare`: print the report as one line of compact JSON on stdout and to
+/// the termination-message path (see [`crate::summary`]), the full report to `--report`;
+/// exit 0 when the dataset was published, 1 when it was not.
 pub fn run_command(args: PrepareArgs) -> std::process::ExitCode {
     let schema = match args.schema.as_deref().map(read_schema).transpose() {
         Ok(schema) => schema,
@@ -503,31 +508,33 @@ pub fn run_command(args: PrepareArgs) -> std::process::ExitCode {
                 error: Some(e.to_string()),
                 ..Report::default()
             };
-            return finish_report(&report, args.report.as_deref());
+            return finish_report(&report, &args);
         }
     };
     let options = PrepareOptions {
-        source: args.source,
+        source: args.source.clone(),
         format: args.format,
         schema,
-        out: args.out,
+        out: args.out.clone(),
         drop_invalid_rows: !args.fail_on_invalid_rows,
         dedupe: args.dedupe,
         max_row_bytes: args.max_row_bytes,
         shard_bytes: args.shard_bytes,
     };
     let report = prepare(&options);
-    finish_report(&report, args.report.as_deref())
+    finish_report(&report, &args)
 }
 
-fn finish_report(report: &Report, path: Option<&Path>) -> std::process::ExitCode {
-    let json = serde_json::to_string_pretty(report).expect("reports always serialise");
-    println!("{json}");
-    if let Some(path) = path
-        && let Err(e) = objects::write_atomic(path, json.as_bytes())
-    {
-        tracing::error!(error = %e, "could not write the report");
+fn finish_report(report: &Report, args: &PrepareArgs) -> std::process::ExitCode {
+    let value = serde_json::to_value(report).expect("reports always serialise");
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&value).expect("reports always serialise");
+        if let Err(e) = objects::write_atomic(path, json.as_bytes()) {
+            tracing::error!(error = %e, "could not write the report");
+        }
     }
+    let summary = crate::summary::compact(&value, &["rejectSamples", "columns", "ignoredColumns"]);
+    crate::summary::emit(&summary, Some(&args.termination_message_path));
     match &report.error {
         None => std::process::ExitCode::SUCCESS,
         Some(error) => {

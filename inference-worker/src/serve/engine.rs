@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::types::FinishReason;
 use crate::error::WorkerError;
-use crate::models::{Embedder, TextGenerator};
+use crate::models::{Embedder, Predictor, TextGenerator};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::serve::metrics::{Metrics, Queue};
 
@@ -40,6 +40,13 @@ pub enum GenerationEvent {
 pub struct EmbeddingJob {
     pub inputs: Vec<Vec<u32>>,
     pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// One prediction request: its instances and where to send the predictions (or why the
+/// model could not take them).
+pub struct PredictionJob {
+    pub instances: Vec<serde_json::Map<String, serde_json::Value>>,
+    pub reply: oneshot::Sender<Result<Vec<serde_json::Value>, WorkerError>>,
 }
 
 /// The sending half of a model queue.
@@ -263,6 +270,36 @@ pub fn spawn_embedding(
         sender,
         capacity,
         queue: Queue::Embedding,
+        metrics,
+    })
+}
+
+/// Starts the thread that owns a predictor; requests run one at a time (each is one batched
+/// forward pass over its instances).
+pub fn spawn_prediction(
+    model: Arc<dyn Predictor>,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+) -> Result<QueueHandle<PredictionJob>, WorkerError> {
+    let (sender, mut receiver) = mpsc::channel::<PredictionJob>(capacity);
+    let thread_metrics = metrics.clone();
+    std::thread::Builder::new()
+        .name("prediction".into())
+        .spawn(move || {
+            while let Some(job) = receiver.blocking_recv() {
+                thread_metrics.dequeued(Queue::Prediction);
+                if job.reply.is_closed() {
+                    continue;
+                }
+                thread_metrics.observe_batch(job.instances.len());
+                let _ = job.reply.send(model.predict_json(&job.instances));
+            }
+        })
+        .map_err(|e| WorkerError::io("prediction thread", e))?;
+    Ok(QueueHandle {
+        sender,
+        capacity,
+        queue: Queue::Prediction,
         metrics,
     })
 }

@@ -64,6 +64,7 @@ impl Histogram {
 pub enum Queue {
     Generation,
     Embedding,
+    Prediction,
 }
 
 /// All of the server's metrics. Cheap to update from any thread.
@@ -75,6 +76,7 @@ pub struct Metrics {
     generated_tokens: AtomicU64,
     generation_queue: AtomicUsize,
     embedding_queue: AtomicUsize,
+    prediction_queue: AtomicUsize,
     model: String,
     device: String,
 }
@@ -89,6 +91,7 @@ impl Metrics {
             generated_tokens: AtomicU64::new(0),
             generation_queue: AtomicUsize::new(0),
             embedding_queue: AtomicUsize::new(0),
+            prediction_queue: AtomicUsize::new(0),
             model: model.to_string(),
             device: device.to_string(),
         }
@@ -128,6 +131,7 @@ impl Metrics {
         match queue {
             Queue::Generation => &self.generation_queue,
             Queue::Embedding => &self.embedding_queue,
+            Queue::Prediction => &self.prediction_queue,
         }
     }
 
@@ -198,6 +202,7 @@ impl Metrics {
         for (name, queue) in [
             ("generation", Queue::Generation),
             ("embedding", Queue::Embedding),
+            ("prediction", Queue::Prediction),
         ] {
             let _ = writeln!(
                 out,

@@ -24,7 +24,9 @@ use crate::serve::metrics::Metrics;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// The model: a GGUF file, or a directory with config.json, *.safetensors and
-    /// tokenizer.json (format and architecture are detected from the files).
+    /// tokenizer.json, or a model written by `aigc-worker train` (format and architecture
+    /// are detected from the files); a path, `file:///abs/path` or `s3://bucket/prefix`
+    /// (downloaded to the cache directory first, see `objects::cache_dir`).
     #[arg(long)]
     pub model: PathBuf,
     /// The name clients send as `model`; defaults to the file or directory name.
@@ -140,12 +142,6 @@ pub struct Server {
 impl Server {
     /// Checks the flags, binds the listener and starts loading the model.
     pub async fn start(args: ServeArgs) -> Result<Self, WorkerError> {
-        if args.model.to_string_lossy().contains("://") {
-            return Err(WorkerError::ModelFormat {
-                path: args.model.clone(),
-                reason: "tier URIs are not supported by this build; pass a local path".into(),
-            });
-        }
         let api_keys = args
             .api_key_file
             .as_deref()
@@ -285,7 +281,8 @@ fn load_model(
     device: &candle_core::Device,
     metrics: &Arc<Metrics>,
 ) -> Result<ServedModel, WorkerError> {
-    let loaded = models::load(&args.model, device)?;
+    let path = crate::objects::local_copy(&args.model.to_string_lossy())?;
+    let loaded = models::load(&path, device)?;
     let format = loaded.format.name();
     let capacity = args.max_queue as usize;
     Ok(match loaded.capability {
@@ -312,6 +309,24 @@ fn load_model(
                 metrics.clone(),
             )?,
             embedder,
+        },
+        Capability::Prediction(predictor) => ServedModel::Prediction {
+            architecture: loaded.architecture,
+            format,
+            queue: engine::spawn_prediction(predictor.clone(), capacity, metrics.clone())?,
+            embeddings: match predictor.embedder() {
+                Some(embedder) => Some((
+                    embedder.clone(),
+                    engine::spawn_embedding(
+                        embedder,
+                        capacity,
+                        args.max_batch as usize,
+                        metrics.clone(),
+                    )?,
+                )),
+                None => None,
+            },
+            predictor,
         },
     })
 }

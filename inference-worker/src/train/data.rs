@@ -16,7 +16,7 @@ pub(crate) struct PreparedDataset {
 
 impl PreparedDataset {
     pub fn open(uri: &str) -> Result<Self> {
-        let dir = objects::local_path(uri)?;
+        let dir = objects::local_copy(uri)?;
         let manifest = objects::read_manifest(&dir)?;
         let bytes = objects::read_verified(&dir, &manifest, DATASET_KEY)?;
         let descriptor: DatasetDescriptor = serde_json::from_slice(&bytes)
@@ -31,6 +31,16 @@ impl PreparedDataset {
     /// The manifest digest: the dataset version trained on.
     pub fn digest(&self) -> String {
         self.manifest.digest()
+    }
+
+    /// The schema of a tabular dataset.
+    pub fn schema(&self) -> Result<&aigc_crds::dataset::DataSchema> {
+        self.descriptor.schema.as_ref().ok_or_else(|| {
+            WorkerError::InvalidArgument(format!(
+                "{} is a text dataset without columns; this needs a tabular (csv or jsonl) dataset",
+                self.dir.display()
+            ))
+        })
     }
 
     /// Header and rows of a tabular dataset (all shards, in order).

@@ -14,6 +14,7 @@
 pub mod adamw;
 pub mod checkpoint;
 mod data;
+mod finetune;
 pub mod plot;
 pub mod progress;
 mod tabular;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{self, DevicePreference};
 use crate::models::mlp::Task;
+use crate::models::text_classifier;
 use crate::models::{
     ArchitectureConfig, CONFIG_FORMAT, CONFIG_KEY, ModelConfig, Params, WEIGHTS_KEY,
 };
@@ -37,7 +39,7 @@ use crate::{Result, WorkerError, objects};
 use adamw::{AdamW, AdamWConfig};
 use checkpoint::{CheckpointMeta, TrainState};
 use data::PreparedDataset;
-use progress::{Phase, Status, StatusWriter};
+use progress::{Phase, ProgressServer, Status, StatusWriter};
 
 /// Model architectures `train` can produce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -62,6 +64,16 @@ pub struct TrainArgs {
     /// Directory to publish the trained model to; must not hold a published version.
     #[arg(long)]
     pub out: String,
+    /// Fine-tune: a sentence-embedding model (all-MiniLM-L6-v2 directory, as a path, file://
+    /// or s3:// URI) whose frozen embeddings of the text column feed the MLP head. The output
+    /// is a self-contained text classifier that `serve` answers at /v1/predict (text in) and
+    /// /v1/embeddings.
+    #[arg(long)]
+    pub base_model: Option<String>,
+    /// The text column embedded with --base-model; defaults to the first string column other
+    /// than the target.
+    #[arg(long, requires = "base_model")]
+    pub text_column: Option<String>,
     /// Column to predict (mlp); defaults to the last schema column.
     #[arg(long)]
     pub target: Option<String>,
@@ -121,6 +133,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = progress::DEFAULT_TERMINATION_MESSAGE_PATH)]
     #[serde(skip)]
     pub termination_message_path: PathBuf,
+    /// Serve `GET /progress` (the status JSON) on this address while training, e.g.
+    /// `$(POD_IP):8081`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub progress_listen: Option<std::net::SocketAddr>,
 }
 
 /// The settings training runs with (the parsed command line).
@@ -210,10 +227,6 @@ pub fn run_command(args: TrainArgs) -> ExitCode {
         tracing::warn!(error = %e, "could not install the SIGTERM handler; preemption will not checkpoint");
     }
     let status = train(&args, &stop);
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&status).expect("status serialises")
-    );
     match status.phase {
         Phase::Succeeded => ExitCode::SUCCESS,
         Phase::Preempted => ExitCode::from(143),
@@ -222,14 +235,67 @@ pub fn run_command(args: TrainArgs) -> ExitCode {
 }
 
 /// Train as `options` say; `stop` set (by SIGTERM) checkpoints and stops after the current
-/// step. Returns the final status, also written to the status file and termination message.
+/// step. Returns the final status, also written to the status file, printed on stdout and
+/// written to the termination message. With `--progress-listen` the status is served at
+/// `GET /progress` while training runs.
 pub fn train(options: &TrainOptions, stop: &AtomicBool) -> Status {
+    match options
+        .progress_listen
+        .map(ProgressServer::start)
+        .transpose()
+    {
+        Ok(server) => train_with_progress(options, stop, server.as_ref()),
+        Err(e) => {
+            let mut status = initial_status(options, "unknown".into());
+            status.phase = Phase::Failed;
+            status.error = Some(format!("--progress-listen: {e}"));
+            progress::emit_final(&options.termination_message_path, &status);
+            status
+        }
+    }
+}
+
+/// [`train`] reporting live progress through `server` (already started) instead of
+/// `options.progress_listen`.
+pub fn train_with_progress(
+    options: &TrainOptions,
+    stop: &AtomicBool,
+    server: Option<&ProgressServer>,
+) -> Status {
     let device = device::select(DevicePreference::Auto);
-    let mut status = Status {
-        phase: Phase::Starting,
-        device: device
+    let mut status = initial_status(
+        options,
+        device
             .as_ref()
             .map_or_else(|_| "unknown".into(), device::name),
+    );
+    let mut writer = StatusWriter::new(options.status_file.clone(), server);
+    writer.update(&status, true);
+    let result = device.and_then(|device| run(options, &device, stop, &mut status, &mut writer));
+    match result {
+        Ok(()) => status.phase = Phase::Succeeded,
+        Err(WorkerError::Preempted { step }) => {
+            status.phase = Phase::Preempted;
+            status.error = Some(WorkerError::Preempted { step }.to_string());
+        }
+        Err(e) => {
+            status.phase = Phase::Failed;
+            status.error = Some(e.to_string());
+        }
+    }
+    match status.phase {
+        Phase::Succeeded => tracing::info!(model = ?status.model, "training finished"),
+        _ => tracing::error!(error = ?status.error, "training stopped; no model was published"),
+    }
+    writer.update(&status, true);
+    progress::emit_final(&options.termination_message_path, &status);
+    status
+}
+
+fn initial_status(options: &TrainOptions, device: String) -> Status {
+    Status {
+        phase: Phase::Starting,
+        device,
         architecture: serde_json::to_value(options.architecture)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -249,28 +315,7 @@ pub fn train(options: &TrainOptions, stop: &AtomicBool) -> Status {
         model: None,
         manifest_digest: None,
         error: None,
-    };
-    let mut writer = StatusWriter::new(options.status_file.clone());
-    writer.update(&status, true);
-    let result = device.and_then(|device| run(options, &device, stop, &mut status, &mut writer));
-    match result {
-        Ok(()) => status.phase = Phase::Succeeded,
-        Err(WorkerError::Preempted { step }) => {
-            status.phase = Phase::Preempted;
-            status.error = Some(WorkerError::Preempted { step }.to_string());
-        }
-        Err(e) => {
-            status.phase = Phase::Failed;
-            status.error = Some(e.to_string());
-        }
     }
-    match status.phase {
-        Phase::Succeeded => tracing::info!(model = ?status.model, "training finished"),
-        _ => tracing::error!(error = ?status.error, "training stopped; no model was published"),
-    }
-    writer.update(&status, true);
-    progress::write_termination_message(&options.termination_message_path, &status);
-    status
 }
 
 fn check_options(o: &TrainOptions) -> Result<()> {
@@ -292,6 +337,11 @@ fn check_options(o: &TrainOptions) -> Result<()> {
             o.validation_fraction
         )));
     }
+    if o.architecture == Architecture::CharTransformer && o.base_model.is_some() {
+        return Err(WorkerError::InvalidArgument(
+            "--base-model fine-tunes a classification head: use --architecture mlp".into(),
+        ));
+    }
     if o.architecture == Architecture::CharTransformer && (o.target.is_some() || o.task.is_some()) {
         return Err(WorkerError::InvalidArgument(
             "--target and --task apply to the mlp architecture only".into(),
@@ -300,16 +350,15 @@ fn check_options(o: &TrainOptions) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint directory: `--checkpoint-dir`, or `<out>.checkpoints`.
-pub fn checkpoint_dir(options: &TrainOptions) -> Result<PathBuf> {
+/// The checkpoint directory: `--checkpoint-dir`, or `<out>.checkpoints`. An `s3://` one is
+/// a local directory in the cache mirrored to S3 after every checkpoint.
+pub fn checkpoint_dir(options: &TrainOptions) -> Result<objects::Mirror> {
     match &options.checkpoint_dir {
-        Some(uri) => objects::local_path(uri),
-        None => {
-            let out = objects::local_path(&options.out)?;
-            let mut name = out.file_name().unwrap_or_default().to_os_string();
-            name.push(".checkpoints");
-            Ok(out.with_file_name(name))
-        }
+        Some(uri) => objects::Mirror::new(uri),
+        None => objects::Mirror::new(&format!(
+            "{}.checkpoints",
+            options.out.trim_end_matches('/')
+        )),
     }
 }
 
@@ -321,23 +370,43 @@ fn run(
     writer: &mut StatusWriter,
 ) -> Result<()> {
     check_options(options)?;
-    let out = objects::local_path(&options.out)?;
-    objects::check_unpublished(&out)?;
-    let ckpt_dir = checkpoint_dir(options)?;
+    let out = objects::Output::parse(&options.out)?;
+    out.check_unpublished()?;
+    let ckpt_mirror = checkpoint_dir(options)?;
+    let ckpt_dir = ckpt_mirror.local().to_path_buf();
     let dataset = PreparedDataset::open(&options.dataset)?;
 
     // Independent streams, so that changing one use of randomness does not shift the others.
     let mut init_rng = Rng::new(options.seed);
     let mut split_rng = Rng::new(options.seed.wrapping_add(1));
-    let objective = match options.architecture {
-        Architecture::Mlp => Objective::Tabular(tabular::Tabular::build(
+    let mut fine_tune = None;
+    let objective = match (options.architecture, &options.base_model) {
+        (Architecture::Mlp, Some(base_model)) => {
+            let table = finetune::embedded_table(&dataset, options, base_model, device)?;
+            let objective = tabular::Tabular::from_table(
+                (table.header, table.rows),
+                &table.schema,
+                options,
+                &mut split_rng,
+                &mut init_rng,
+                device,
+            )?;
+            status.architecture = "text-classifier".into();
+            fine_tune = Some(FineTune {
+                base_model: base_model.clone(),
+                base_dir: table.base_dir,
+                text_column: table.text_column,
+            });
+            Objective::Tabular(objective)
+        }
+        (Architecture::Mlp, None) => Objective::Tabular(tabular::Tabular::build(
             &dataset,
             options,
             &mut split_rng,
             &mut init_rng,
             device,
         )?),
-        Architecture::CharTransformer => {
+        (Architecture::CharTransformer, _) => {
             Objective::Text(text::Text::build(&dataset, options, &mut init_rng, device)?)
         }
     };
@@ -370,6 +439,7 @@ fn run(
         history: Vec::new(),
     };
     if options.resume {
+        ckpt_mirror.pull()?;
         match checkpoint::load_latest(&ckpt_dir, device)? {
             Some((meta, tensors)) => {
                 let diffs = checkpoint::fingerprint_differences(&meta.fingerprint, &fingerprint);
@@ -401,6 +471,7 @@ fn run(
             state: state.clone(),
         };
         checkpoint::save(&ckpt_dir, params, adam, &meta)?;
+        ckpt_mirror.push()?;
         status.checkpoint_step = Some(state.step);
         Ok(())
     };
@@ -462,8 +533,16 @@ fn run(
         writer.update(status, true);
     }
 
-    let staging = objects::staging_dir(&out)?;
-    let published = publish_model(&objective, options, status, &state.history, &staging, &out);
+    let staging = out.staging_dir()?;
+    let published = publish_model(
+        &objective,
+        fine_tune.as_ref(),
+        options,
+        status,
+        &state.history,
+        &staging,
+        &out,
+    );
     if published.is_err() {
         // Best effort: the staging directory is hidden and never read.
         let _ = std::fs::remove_dir_all(&staging);
@@ -488,13 +567,21 @@ fn refresh(status: &mut Status, state: &TrainState, steps_per_epoch: usize) {
     }
 }
 
+/// What a fine-tuned model adds to its head.
+struct FineTune {
+    base_model: String,
+    base_dir: PathBuf,
+    text_column: String,
+}
+
 fn publish_model(
     objective: &Objective,
+    fine_tune: Option<&FineTune>,
     options: &TrainOptions,
     status: &mut Status,
     history: &[EpochRecord],
     staging: &Path,
-    out: &Path,
+    out: &objects::Output,
 ) -> Result<()> {
     objective.params().save(&staging.join(WEIGHTS_KEY))?;
     let training = serde_json::json!({
@@ -505,9 +592,25 @@ fn publish_model(
         "final": history.last(),
         "baselineValLoss": status.baseline_val_loss,
     });
+    let mut keys = vec![WEIGHTS_KEY.to_string(), CONFIG_KEY.into()];
+    let model = match (objective.architecture_config(), fine_tune) {
+        (ArchitectureConfig::Mlp(head), Some(fine_tune)) => {
+            keys.extend(finetune::copy_base(
+                &fine_tune.base_dir,
+                staging,
+                text_classifier::BASE_DIR,
+            )?);
+            ArchitectureConfig::TextClassifier(text_classifier::TextClassifierConfig {
+                text_column: fine_tune.text_column.clone(),
+                base_model: fine_tune.base_model.clone(),
+                head,
+            })
+        }
+        (config, _) => config,
+    };
     let config = ModelConfig {
         format: CONFIG_FORMAT,
-        model: objective.architecture_config(),
+        model,
         training,
     };
     let write = |key: &str, bytes: Vec<u8>| {
@@ -524,10 +627,10 @@ fn publish_model(
     )?;
     let title = format!("{} loss", status.architecture);
     plot::loss_curve_svg(history, &title, &staging.join("loss.svg"))?;
-    let keys = [WEIGHTS_KEY, CONFIG_KEY, "metrics.json", "loss.svg"].map(String::from);
+    keys.extend(["metrics.json", "loss.svg"].map(String::from));
     let manifest = objects::write_manifest(staging, &keys)?;
-    objects::publish(staging, out)?;
-    status.model = Some(out.display().to_string());
+    out.publish(staging, &manifest)?;
+    status.model = Some(out.name());
     status.manifest_digest = Some(manifest.digest());
     Ok(())
 }

@@ -5,21 +5,23 @@
 //! second while training, after every epoch and checkpoint, and once more at the end with the
 //! final phase.
 //!
+//! **HTTP** (`--progress-listen ADDR`): `GET /progress` answers the same JSON [`Status`],
+//! current to the last optimizer step, for as long as training runs.
+//!
 //! **Termination message** (`--termination-message-path`, Kubernetes' default
-//! `/dev/termination-log`): the final [`Status`] as JSON, which the kubelet copies into the
-//! pod's `status.containerStatuses[].state.terminated.message`. At the default path it is
-//! written only when the file already exists (i.e. inside a container), so running the worker
-//! on a workstation does not create files under `/dev`.
+//! `/dev/termination-log`): the final [`Status`] as compact JSON (see [`crate::summary`]),
+//! which the kubelet copies into the pod's `status.containerStatuses[].state.terminated.message`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::objects;
+use crate::{Result, WorkerError, objects, summary};
 
-/// Kubernetes' default termination-message path.
-pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+pub use crate::summary::DEFAULT_TERMINATION_MESSAGE_PATH;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Phase of a training run.
@@ -88,19 +90,32 @@ pub struct Status {
     pub error: Option<String>,
 }
 
-/// Rewrites the status file, throttled.
+/// The latest status as JSON, shared with the `/progress` server.
+type LiveStatus = Arc<Mutex<String>>;
+
+/// Rewrites the status file (throttled) and the live status served at `/progress`.
 pub(crate) struct StatusWriter {
     path: Option<PathBuf>,
     last: Option<Instant>,
+    live: Option<LiveStatus>,
 }
 
 impl StatusWriter {
-    pub fn new(path: Option<PathBuf>) -> Self {
-        StatusWriter { path, last: None }
+    pub fn new(path: Option<PathBuf>, server: Option<&ProgressServer>) -> Self {
+        StatusWriter {
+            path,
+            last: None,
+            live: server.map(|s| s.live.clone()),
+        }
     }
 
-    /// Write now when `force`, otherwise only if a second has passed since the last write.
+    /// Write the file now when `force`, otherwise only if a second has passed since the last
+    /// write. The live status is always updated.
     pub fn update(&mut self, status: &Status, force: bool) {
+        if let Some(live) = &self.live {
+            let json = serde_json::to_string(status).expect("status serialises");
+            *live.lock().unwrap_or_else(|e| e.into_inner()) = json;
+        }
         let Some(path) = &self.path else { return };
         if !force && self.last.is_some_and(|t| t.elapsed() < MIN_INTERVAL) {
             return;
@@ -113,14 +128,90 @@ impl StatusWriter {
     }
 }
 
-/// Write the final result to the termination-message path (see the module docs).
-pub(crate) fn write_termination_message(path: &Path, status: &Status) {
-    if path == Path::new(DEFAULT_TERMINATION_MESSAGE_PATH) && !path.exists() {
-        tracing::debug!("no {DEFAULT_TERMINATION_MESSAGE_PATH}; not running in a container");
-        return;
+/// Print the final result on stdout and write it to the termination-message path.
+pub(crate) fn emit_final(path: &Path, status: &Status) {
+    let value = serde_json::to_value(status).expect("status serialises");
+    summary::emit(&summary::compact(&value, &[]), Some(path));
+}
+
+/// `GET /progress` on its own thread and runtime while training runs; stopped when dropped.
+pub struct ProgressServer {
+    live: LiveStatus,
+    local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressServer {
+    /// Bind `addr` (so a bad address fails the run at once) and start serving.
+    pub fn start(addr: SocketAddr) -> Result<Self> {
+        let listen_error = |source| WorkerError::Listen {
+            addr: addr.to_string(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        let live: LiveStatus = Arc::new(Mutex::new("{}".into()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| WorkerError::io("progress server runtime", e))?;
+        let served = live.clone();
+        let thread = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the progress server could not start");
+                            return;
+                        }
+                    };
+                    let app = axum::Router::new().route(
+                        "/progress",
+                        axum::routing::get(move || {
+                            let body = served.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            async move {
+                                (
+                                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                                    body,
+                                )
+                            }
+                        }),
+                    );
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })
+            .map_err(|e| WorkerError::io("progress server thread", e))?;
+        tracing::info!(addr = %local_addr, "serving GET /progress");
+        Ok(ProgressServer {
+            live,
+            local_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
-    let json = serde_json::to_vec(status).expect("status serialises");
-    if let Err(e) = std::fs::write(path, json) {
-        tracing::warn!(error = %e, path = %path.display(), "could not write the termination message");
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for ProgressServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

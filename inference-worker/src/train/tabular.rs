@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use aigc_crds::dataset::ColumnType;
+use aigc_crds::dataset::{ColumnType, DataSchema};
 use candle_core::{D, DType, Device, Tensor};
 
 use super::{Evaluation, TrainOptions};
@@ -32,12 +32,20 @@ impl Tabular {
         init_rng: &mut Rng,
         device: &Device,
     ) -> Result<Self> {
-        let (header, rows) = dataset.table()?;
-        let schema = dataset
-            .descriptor
-            .schema
-            .as_ref()
-            .ok_or_else(|| WorkerError::Corrupt("the tabular dataset has no schema".into()))?;
+        let table = dataset.table()?;
+        let schema = dataset.schema()?;
+        Self::from_table(table, schema, options, split_rng, init_rng, device)
+    }
+
+    /// Build from a table (header and rows of text values) described by `schema`.
+    pub fn from_table(
+        (header, rows): (Vec<String>, Vec<Vec<String>>),
+        schema: &DataSchema,
+        options: &TrainOptions,
+        split_rng: &mut Rng,
+        init_rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self> {
         let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         let target_name = options
             .target
