@@ -62,4 +62,31 @@ pub enum Error {
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),
+    /// A manifest file `local up` cannot apply as written.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the document.
+        message: String,
+    },
+    /// A file or folder that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Something `local up` needs is missing; `fix` is the command that provides it.
+    #[error("missing {what}; fix: {fix}")]
+    Prerequisite {
+        /// What is missing.
+        what: String,
+        /// The command or step that provides it.
+        fix: String,
+    },
+    /// The embedded cluster failed to start or stop.
+    #[error("local cluster: {0}")]
+    LocalCluster(#[from] aigc_local_cluster::Error),
 }

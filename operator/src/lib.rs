@@ -5,6 +5,7 @@
 pub mod controllers;
 pub mod error;
 pub mod layout;
+pub mod local;
 pub mod rbac;
 pub mod scheduler;
 pub mod tier_policy;
