@@ -82,6 +82,18 @@ enum LocalCommand {
         /// DIR/kubeconfig instead).
         #[arg(long)]
         no_operator: bool,
+        /// S3 endpoint for an `archive` StorageTier (credentials from AWS_ACCESS_KEY_ID and
+        /// AWS_SECRET_ACCESS_KEY); without it every tier is on local disk.
+        #[arg(long, value_name = "URL")]
+        s3_endpoint: Option<String>,
+        /// Bucket of the `archive` tier; it must exist.
+        #[arg(
+            long,
+            value_name = "BUCKET",
+            default_value = "aigc-archive",
+            requires = "s3_endpoint"
+        )]
+        s3_bucket: String,
     },
     /// Stop the `local up` running with this data directory and wait for it to exit.
     Down {
@@ -162,8 +174,21 @@ async fn main() -> anyhow::Result<()> {
                     manifests,
                     no_manifests,
                     no_operator,
+                    s3_endpoint,
+                    s3_bucket,
                 },
         } => {
+            let s3 = match s3_endpoint {
+                Some(endpoint) => Some(local::ArchiveTier {
+                    endpoint,
+                    bucket: s3_bucket,
+                    access_key_id: std::env::var("AWS_ACCESS_KEY_ID")
+                        .context("--s3-endpoint needs AWS_ACCESS_KEY_ID in the environment")?,
+                    secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                        .context("--s3-endpoint needs AWS_SECRET_ACCESS_KEY in the environment")?,
+                }),
+                None => None,
+            };
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
@@ -177,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
                 manifests: if no_manifests { Vec::new() } else { manifests },
                 run_operator: !no_operator,
                 controllers: ControllerConfig::default(),
+                s3,
             };
             local::up(options, shutdown_signal()).await?;
         }

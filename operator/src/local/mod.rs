@@ -42,6 +42,78 @@ pub struct UpOptions {
     pub run_operator: bool,
     /// Settings of the in-process controllers.
     pub controllers: ControllerConfig,
+    /// An S3 endpoint for the `archive` tier; none leaves the quickstart on local disk.
+    pub s3: Option<ArchiveTier>,
+}
+
+/// The S3 `archive` StorageTier `local up` adds when given an endpoint. Its `Debug` output
+/// leaves the secret key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArchiveTier {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// Bucket that holds the tier (it must exist).
+    pub bucket: String,
+    /// Access key id (from `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: String,
+    /// Secret access key (from `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for ArchiveTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveTier")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Name of the Secret holding the archive tier's credentials (namespace `default`).
+pub const ARCHIVE_SECRET: &str = "aigc-archive-credentials";
+
+impl ArchiveTier {
+    /// The Secret with the credentials and the StorageTier `archive` (class `archive`, objects
+    /// stored as GLACIER, restored on read), as documents to apply.
+    pub fn documents(&self) -> Vec<manifests::Document> {
+        let file = PathBuf::from("--s3-endpoint");
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": ARCHIVE_SECRET, "namespace": "default"},
+            "type": "Opaque",
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": self.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            },
+        });
+        let tier = serde_json::json!({
+            "apiVersion": "aigc.dev/v1alpha1",
+            "kind": "StorageTier",
+            "metadata": {"name": "archive"},
+            "spec": {
+                "class": "archive",
+                "backend": {"s3": {
+                    "endpoint": self.endpoint,
+                    "region": "us-east-1",
+                    "bucket": self.bucket,
+                    "forcePathStyle": true,
+                    "storageClass": "GLACIER",
+                    "credentialsSecretRef": {"name": ARCHIVE_SECRET, "namespace": "default"},
+                }},
+                "costPerGiBMonth": 0.004,
+            },
+        });
+        [secret, tier]
+            .into_iter()
+            .map(|object| manifests::Document {
+                file: file.clone(),
+                object,
+            })
+            .collect()
+    }
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
@@ -174,6 +246,9 @@ pub async fn snapshot(client: &Client) -> Result<progress::Snapshot, Error> {
 /// everything and save state.
 pub async fn up(options: UpOptions, stop: impl Future<Output = ()>) -> Result<(), Error> {
     let mut documents = Vec::new();
+    if let Some(archive) = &options.s3 {
+        documents.extend(archive.documents());
+    }
     for path in &options.manifests {
         documents.extend(manifests::load(path)?);
     }
@@ -314,4 +389,23 @@ pub async fn down(data_dir: &Path, timeout: Duration) -> Result<DownOutcome, Err
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(DownOutcome::Stopped(pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_tier_passes_the_storage_tier_schema() {
+        let archive = ArchiveTier {
+            endpoint: "http://127.0.0.1:9000".into(),
+            bucket: "aigc-archive".into(),
+            access_key_id: "id".into(),
+            secret_access_key: "key".into(),
+        };
+        let documents = archive.documents();
+        assert_eq!(documents[0].describe(), "Secret/aigc-archive-credentials");
+        let tier: StorageTier = serde_json::from_value(documents[1].object.clone()).unwrap();
+        assert_eq!(tier.spec.class, aigc_crds::storage_tier::TierClass::Archive);
+    }
 }
