@@ -94,4 +94,31 @@ pub enum Error {
     /// Serving /metrics, /healthz and /readyz failed.
     #[error("serving /metrics, /healthz and /readyz: {0}")]
     Serve(std::io::Error),
+    /// A manifest file `local up` cannot apply as written.
+    #[error("{path}: {message}")]
+    Manifest {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the document.
+        message: String,
+    },
+    /// A file or folder that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Something `local up` needs is missing; `fix` is the command that provides it.
+    #[error("missing {what}; fix: {fix}")]
+    Prerequisite {
+        /// What is missing.
+        what: String,
+        /// The command or step that provides it.
+        fix: String,
+    },
+    /// The embedded cluster failed to start or stop.
+    #[error("local cluster: {0}")]
+    LocalCluster(#[from] aigc_local_cluster::Error),
 }

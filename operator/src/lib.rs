@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod layout;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod process;
 pub mod rbac;

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use aigc_operator::config::{LogFormat, OperatorConfig, RunArgs};
-use aigc_operator::{process, rbac};
+use aigc_operator::controllers::ControllerConfig;
+use aigc_operator::{local, process, rbac};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -50,10 +51,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LocalCommand {
-    /// Start the embedded cluster in the foreground (Ctrl-C or SIGTERM stops it), write
-    /// DIR/kubeconfig once it answers, and install the CRDs.
+    /// Start the embedded cluster with its simulated nodes, install the CRDs, run the
+    /// controllers, apply the manifests (the quickstart by default) and show their progress,
+    /// in the foreground until Ctrl-C, SIGTERM or `local down`.
     Up {
-        /// Where the kubeconfig and the saved cluster state live.
+        /// Where the kubeconfig, the saved cluster state, volumes and tiers live.
         #[arg(long, value_name = "DIR", default_value = ".aigc")]
         data_dir: PathBuf,
         /// HTTPS port on 127.0.0.1 (0 picks a free one).
@@ -62,6 +64,34 @@ enum LocalCommand {
         /// Keep nothing between runs instead of saving objects to DIR/state.json.
         #[arg(long)]
         ephemeral: bool,
+        /// Manifest folder or file to apply after the CRDs; repeat for more.
+        #[arg(long, value_name = "DIR", default_value = "examples/quickstart")]
+        manifests: Vec<PathBuf>,
+        /// Apply no manifests: just the cluster, the CRDs and the controllers.
+        #[arg(long, conflicts_with = "manifests")]
+        no_manifests: bool,
+        /// Do not run the controllers in this process (run `aigc-operator run` against
+        /// DIR/kubeconfig instead).
+        #[arg(long)]
+        no_operator: bool,
+        /// S3 endpoint for an `archive` StorageTier (credentials from AWS_ACCESS_KEY_ID and
+        /// AWS_SECRET_ACCESS_KEY); without it every tier is on local disk.
+        #[arg(long, value_name = "URL")]
+        s3_endpoint: Option<String>,
+        /// Bucket of the `archive` tier; it must exist.
+        #[arg(
+            long,
+            value_name = "BUCKET",
+            default_value = "aigc-archive",
+            requires = "s3_endpoint"
+        )]
+        s3_bucket: String,
+    },
+    /// Stop the `local up` running with this data directory and wait for it to exit.
+    Down {
+        /// The data directory of the running `local up`.
+        #[arg(long, value_name = "DIR", default_value = ".aigc")]
+        data_dir: PathBuf,
     },
 }
 
@@ -112,8 +142,49 @@ async fn main() -> anyhow::Result<()> {
                     data_dir,
                     port,
                     ephemeral,
+                    manifests,
+                    no_manifests,
+                    no_operator,
+                    s3_endpoint,
+                    s3_bucket,
                 },
-        } => local_up(data_dir, port, !ephemeral).await?,
+        } => {
+            let s3 = match s3_endpoint {
+                Some(endpoint) => Some(local::ArchiveTier {
+                    endpoint,
+                    bucket: s3_bucket,
+                    access_key_id: std::env::var("AWS_ACCESS_KEY_ID")
+                        .context("--s3-endpoint needs AWS_ACCESS_KEY_ID in the environment")?,
+                    secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                        .context("--s3-endpoint needs AWS_SECRET_ACCESS_KEY in the environment")?,
+                }),
+                None => None,
+            };
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                )
+                .init();
+            let options = local::UpOptions {
+                data_dir,
+                port,
+                persist: !ephemeral,
+                manifests: if no_manifests { Vec::new() } else { manifests },
+                run_operator: !no_operator,
+                controllers: ControllerConfig::default(),
+                s3,
+            };
+            local::up(options, shutdown_signal()).await?;
+        }
+        Command::Local {
+            command: LocalCommand::Down { data_dir },
+        } => match local::down(&data_dir, std::time::Duration::from_secs(60)).await? {
+            local::DownOutcome::Stopped(pid) => eprintln!("stopped local up (pid {pid})"),
+            local::DownOutcome::NotRunning => {
+                eprintln!("no local up is running in {}", data_dir.display())
+            }
+        },
     }
     Ok(())
 }
@@ -146,54 +217,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `local up`: serve until Ctrl-C or SIGTERM, then stop cleanly (saving state if asked).
-async fn local_up(data_dir: PathBuf, port: u16, persist: bool) -> anyhow::Result<()> {
-    {
-        let mut config = aigc_local_cluster::Config::new(&data_dir);
-        config.https_port = port;
-        config.persist = persist;
-        config.host_path_root = Some(data_dir.join("host"));
-        let cluster = aigc_local_cluster::LocalCluster::start(config)
-            .await
-            .with_context(|| format!("starting the local cluster in {}", data_dir.display()))?;
-        let client = cluster.client();
-        client
-            .apiserver_version()
-            .await
-            .context("the local cluster does not answer")?;
-        install_crds(client).await?;
-        eprintln!(
-            "local cluster ready at {} (plain HTTP: {}); kubeconfig: {}",
-            cluster.https_url(),
-            cluster.http_url(),
-            cluster.kubeconfig_path().display()
-        );
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("installing the SIGTERM handler")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-            _ = terminate.recv() => {}
+/// Completes at Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
         }
-        eprintln!("stopping the local cluster");
-        cluster
-            .shutdown()
-            .await
-            .context("stopping the local cluster")
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-}
-
-/// Server-side apply the five CRDs, so a restart with saved state updates them in place.
-async fn install_crds(client: kube::Client) -> anyhow::Result<()> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Api, Patch, PatchParams};
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    let params = PatchParams::apply("aigc-operator").force();
-    for crd in aigc_crds::all_crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("installing CRD {name}"))?;
-    }
-    Ok(())
 }
