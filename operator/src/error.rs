@@ -59,6 +59,21 @@ pub enum Error {
     /// The scheduler section of the operator configuration is inconsistent.
     #[error("scheduler configuration: {0}")]
     SchedulerConfig(String),
+    /// A resource cannot be deleted yet because its data is moving between tiers.
+    #[error(
+        "{kind} {name} is moving between tiers (Job {job}); deletion waits until the move finishes"
+    )]
+    MoveInProgress {
+        /// `Dataset` or `Model`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The move Job.
+        job: String,
+    },
+    /// Adding or removing a finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),

@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
                     cpu: worker_image,
                     gpu: worker_gpu_image,
                 },
+                ..ControllerConfig::default()
             };
             tracing::info!("starting controllers");
             controllers::run_all(Context::new(client, config)).await;

@@ -4,8 +4,13 @@
 //! A controller module computes desired children and status with pure functions and calls
 //! these helpers at the edges; no controller reaches into another's module.
 
+pub mod dataset;
 pub mod inference_service;
+pub mod model;
+pub mod placement;
 pub mod storage_tier;
+pub mod tiering;
+pub mod worker_job;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -27,6 +32,9 @@ pub const FIELD_MANAGER: &str = "aigc-operator";
 pub struct ControllerConfig {
     /// Images of worker pods.
     pub worker_images: WorkerImages,
+    /// How often the tier policy runs when nothing wakes it earlier;
+    /// [`tiering::DEFAULT_INTERVAL`] when unset.
+    pub tier_policy_interval: Option<std::time::Duration>,
 }
 
 /// What every reconcile gets: the client, the configuration and the event recorder.
@@ -57,7 +65,13 @@ impl Context {
 
 /// Run every controller until the process is asked to stop.
 pub async fn run_all(ctx: Arc<Context>) {
-    tokio::join!(storage_tier::run(ctx.clone()), inference_service::run(ctx));
+    tokio::join!(
+        storage_tier::run(ctx.clone()),
+        inference_service::run(ctx.clone()),
+        dataset::run(ctx.clone()),
+        model::run(ctx.clone()),
+        tiering::run(ctx),
+    );
 }
 
 /// Create or update `child` by server-side apply, taking ownership of the fields it sets.
