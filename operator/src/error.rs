@@ -71,9 +71,6 @@ pub enum Error {
         /// The move Job.
         job: String,
     },
-    /// Adding or removing a finalizer failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),

@@ -29,7 +29,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, Volum
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -44,7 +43,9 @@ use crate::controllers::worker_job::{
     access_time, job_name, job_outcome, job_pods, last_access, later, move_status, owned_jobs,
     spec_hash, worker_job,
 };
-use crate::controllers::{Context, apply_child, apply_status, delete_if_present, publish};
+use crate::controllers::{
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, publish, remove_finalizer,
+};
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
 
@@ -472,22 +473,17 @@ pub fn desired_status(
 pub async fn reconcile(dataset: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = dataset.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, dataset, |event| async {
-        match event {
-            Finalizer::Apply(dataset) => apply(dataset, &ctx, &namespace).await,
-            Finalizer::Cleanup(dataset) => cleanup(dataset, &ctx, &namespace).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    if dataset.metadata.deletion_timestamp.is_some() {
+        cleanup(&dataset, &ctx, &namespace).await?;
+        remove_finalizer(&api, dataset.as_ref(), FINALIZER).await?;
+        return Ok(Action::await_change());
+    }
+    add_finalizer(&api, dataset.as_ref(), FINALIZER).await?;
+    apply(dataset, &ctx, &namespace).await
 }
 
 /// Deletion: wait for a move in flight to finish; the owner references remove the Jobs.
-async fn cleanup(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+async fn cleanup(dataset: &Dataset, ctx: &Context, namespace: &str) -> Result<(), Error> {
     let uid = dataset.uid().unwrap_or_default();
     let jobs = owned_jobs(&ctx.client, namespace, &uid).await?;
     if let Some(job) = jobs.iter().find(|j| {
@@ -500,7 +496,7 @@ async fn cleanup(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Resul
             job: job.name_any(),
         });
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 async fn apply(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<Action, Error> {

@@ -158,3 +158,70 @@ where
         }),
     }
 }
+
+/// Add `finalizer` to `obj` unless it is there. A merge patch carrying the resourceVersion
+/// it was computed from, so a concurrent change makes it fail and retry rather than drop
+/// another writer's finalizer.
+pub async fn add_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let mut finalizers = obj.finalizers().to_vec();
+    if finalizers.iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    finalizers.push(finalizer.to_owned());
+    patch_finalizers(api, obj, finalizers).await
+}
+
+/// Remove `finalizer` from `obj` if it is there.
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    if !obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let finalizers = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    patch_finalizers(api, obj, finalizers).await
+}
+
+async fn patch_finalizers<K>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!(
+                "updating the finalizers of {} {}",
+                K::kind(&K::DynamicType::default()),
+                obj.name_any()
+            ),
+            source,
+        }),
+    }
+}

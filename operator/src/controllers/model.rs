@@ -29,7 +29,6 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -44,7 +43,9 @@ use crate::controllers::worker_job::{
     access_time, finished, job_name, job_outcome, job_pods, last_access, later, move_status,
     owned_jobs, spec_hash, worker_job,
 };
-use crate::controllers::{Context, apply_child, apply_status, delete_if_present, publish};
+use crate::controllers::{
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, publish, remove_finalizer,
+};
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
 
@@ -458,29 +459,21 @@ pub fn desired_status(
 pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = model.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, model, |event| async {
-        match event {
-            Finalizer::Apply(model) => apply(model, &ctx, &namespace).await,
-            Finalizer::Cleanup(model) => {
-                let uid = model.uid().unwrap_or_default();
-                let jobs = owned_jobs(&ctx.client, &namespace, &uid).await?;
-                match jobs.iter().find(|j| is_move(j) && !finished(j)) {
-                    Some(job) => Err(Error::MoveInProgress {
-                        kind: "Model",
-                        name: model.name_any(),
-                        job: job.name_any(),
-                    }),
-                    None => Ok(Action::await_change()),
-                }
-            }
+    if model.metadata.deletion_timestamp.is_some() {
+        let uid = model.uid().unwrap_or_default();
+        let jobs = owned_jobs(&ctx.client, &namespace, &uid).await?;
+        if let Some(job) = jobs.iter().find(|j| is_move(j) && !finished(j)) {
+            return Err(Error::MoveInProgress {
+                kind: "Model",
+                name: model.name_any(),
+                job: job.name_any(),
+            });
         }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+        remove_finalizer(&api, model.as_ref(), FINALIZER).await?;
+        return Ok(Action::await_change());
+    }
+    add_finalizer(&api, model.as_ref(), FINALIZER).await?;
+    apply(model, &ctx, &namespace).await
 }
 
 fn is_move(job: &Job) -> bool {
