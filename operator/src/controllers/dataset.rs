@@ -19,7 +19,6 @@ use aigc_crds::common::LocalObjectRef;
 use aigc_crds::dataset::{
     DataFormat, Dataset, DatasetPhase, DatasetSource, DatasetSpec, DatasetStatus, Lineage,
 };
-use aigc_crds::storage_tier::StorageTier;
 use aigc_crds::training_job::TrainingJob;
 use aigc_crds::{Condition, ConditionStatus, condition::set_condition};
 use chrono::{DateTime, Utc};
@@ -35,16 +34,18 @@ use kube::{Api, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::controllers::cache::Caches;
 use crate::controllers::placement::{
     Blocker, check_one_s3_endpoint, placement_tier, pvc_source, s3_source, url_source,
 };
 use crate::controllers::worker_job::{
     Consumer, JobOutcome, MoveView, ROLE_LABEL, Role, TERMINATION_LOG, TIER_ANNOTATION,
-    access_time, job_name, job_outcome, job_pods, last_access, later, move_status, owned_jobs,
+    access_time, current_move, job_name, job_outcome, job_pods, last_access, later, move_status,
     spec_hash, worker_job,
 };
 use crate::controllers::{
-    Context, add_finalizer, apply_child, apply_status, delete_if_present, publish, remove_finalizer,
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, publish,
+    remove_finalizer,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
@@ -470,22 +471,31 @@ pub fn desired_status(
 }
 
 /// Prepare one Dataset, or follow what is running for it, and write its status.
-pub async fn reconcile(dataset: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(dataset: Arc<Dataset>, state: Arc<State>) -> Result<Action, Error> {
+    let ctx = &state.ctx;
     let namespace = dataset.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Dataset> = Api::namespaced(ctx.client.clone(), &namespace);
     if dataset.metadata.deletion_timestamp.is_some() {
-        cleanup(&dataset, &ctx, &namespace).await?;
+        cleanup(&dataset, &state, &namespace)?;
         remove_finalizer(&api, dataset.as_ref(), FINALIZER).await?;
         return Ok(Action::await_change());
     }
     add_finalizer(&api, dataset.as_ref(), FINALIZER).await?;
-    apply(dataset, &ctx, &namespace).await
+    apply(dataset, &state, &namespace).await
+}
+
+/// What the Dataset controller's reconciles share: the context and the watched views.
+pub struct State {
+    /// Client, configuration and recorder.
+    pub ctx: Arc<Context>,
+    /// StorageTiers, worker Jobs and TrainingJobs.
+    pub caches: Caches,
 }
 
 /// Deletion: wait for a move in flight to finish; the owner references remove the Jobs.
-async fn cleanup(dataset: &Dataset, ctx: &Context, namespace: &str) -> Result<(), Error> {
+fn cleanup(dataset: &Dataset, state: &State, namespace: &str) -> Result<(), Error> {
     let uid = dataset.uid().unwrap_or_default();
-    let jobs = owned_jobs(&ctx.client, namespace, &uid).await?;
+    let jobs = state.caches.jobs_of(namespace, &uid);
     if let Some(job) = jobs.iter().find(|j| {
         j.labels().get(ROLE_LABEL).map(String::as_str) == Some(Role::Move.as_str())
             && !crate::controllers::worker_job::finished(j)
@@ -499,19 +509,13 @@ async fn cleanup(dataset: &Dataset, ctx: &Context, namespace: &str) -> Result<()
     Ok(())
 }
 
-async fn apply(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+async fn apply(dataset: Arc<Dataset>, state: &State, namespace: &str) -> Result<Action, Error> {
+    let ctx = &state.ctx;
     let client = &ctx.client;
-    let tiers: Vec<StorageTier> = Api::<StorageTier>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .map_err(|source| Error::Kube {
-            action: "listing StorageTiers".to_owned(),
-            source,
-        })?
-        .items;
+    let tiers = state.caches.tiers();
     let uid = dataset.uid().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let jobs = owned_jobs(client, namespace, &uid).await?;
+    let jobs = state.caches.jobs_of(namespace, &uid);
     let placement = placement_tier(dataset.spec.placement.as_ref(), &tiers);
     let old = dataset.status.clone().unwrap_or_default();
     let (version, preparation) = match placement {
@@ -531,8 +535,8 @@ async fn apply(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<
                     Err(blocker) => Preparation::Blocked(blocker),
                     Ok(wanted) => {
                         let name = wanted.name_any();
-                        let job = match jobs.iter().find(|j| j.name_any() == name) {
-                            Some(job) => job.clone(),
+                        let job = match get_opt(&jobs_api, &name).await? {
+                            Some(job) => job,
                             None => {
                                 if let Some(cm) = desired_schema_config_map(&dataset, &name) {
                                     let cms: Api<ConfigMap> =
@@ -564,7 +568,14 @@ async fn apply(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<
         }
     };
     let moving = current_move(client, namespace, &jobs).await?;
-    let consumers = consumers(ctx, namespace, &dataset.name_any()).await?;
+    let name = dataset.name_any();
+    let consumers: Vec<Consumer> = state
+        .caches
+        .training_jobs_in(namespace)
+        .iter()
+        .filter(|j| j.spec.dataset_ref.name == name)
+        .map(Consumer::of)
+        .collect();
     let status = desired_status(
         &dataset,
         &version,
@@ -607,42 +618,6 @@ async fn apply(dataset: Arc<Dataset>, ctx: &Context, namespace: &str) -> Result<
     })
 }
 
-/// The resource's move Job, if one exists (there is never more than one).
-async fn current_move(
-    client: &kube::Client,
-    namespace: &str,
-    jobs: &[Job],
-) -> Result<Option<MoveView>, Error> {
-    let Some(job) = jobs
-        .iter()
-        .find(|j| j.labels().get(ROLE_LABEL).map(String::as_str) == Some(Role::Move.as_str()))
-    else {
-        return Ok(None);
-    };
-    let pods = match job_outcome(job, &[]) {
-        JobOutcome::Failed { .. } => job_pods(client, namespace, &job.name_any()).await?,
-        _ => Vec::new(),
-    };
-    Ok(MoveView::of(job, &pods))
-}
-
-async fn consumers(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<Consumer>, Error> {
-    let api: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), namespace);
-    let jobs = api
-        .list(&Default::default())
-        .await
-        .map_err(|source| Error::Kube {
-            action: format!("listing TrainingJobs in {namespace}"),
-            source,
-        })?;
-    Ok(jobs
-        .items
-        .iter()
-        .filter(|j| j.spec.dataset_ref.name == name)
-        .map(Consumer::of)
-        .collect())
-}
-
 async fn publish_transition(
     ctx: &Context,
     dataset: &Dataset,
@@ -680,7 +655,7 @@ async fn publish_transition(
 }
 
 /// Retry soon after an error.
-pub fn error_policy(_dataset: Arc<Dataset>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_dataset: Arc<Dataset>, error: &Error, _state: Arc<State>) -> Action {
     tracing::debug!(%error, "Dataset reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -689,35 +664,47 @@ pub fn error_policy(_dataset: Arc<Dataset>, error: &Error, _ctx: Arc<Context>) -
 /// Datasets, their Jobs, and the TrainingJobs that read them.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    let (caches, drive) = Caches::new(&client);
+    let state = Arc::new(State {
+        ctx,
+        caches: caches.clone(),
+    });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    Controller::new(
-        Api::<Dataset>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client.clone()), managed)
-    .watches(
-        Api::<TrainingJob>::all(client),
-        watcher::Config::default(),
-        |job| {
-            let namespace = job.namespace().unwrap_or_default();
-            std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
-        },
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
-            Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
-        }
-    })
-    .await;
+    let controller = async move {
+        caches.ready().await;
+        Controller::new(
+            Api::<Dataset>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Job>::all(client.clone()), managed)
+        .watches(
+            Api::<TrainingJob>::all(client),
+            watcher::Config::default(),
+            |job| {
+                let namespace = job.namespace().unwrap_or_default();
+                std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
+                Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
+            }
+        })
+        .await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drive => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aigc_crds::storage_tier::StorageTierSpec;
+    use aigc_crds::storage_tier::{StorageTier, StorageTierSpec};
     use chrono::TimeZone;
 
     fn dataset(spec: serde_json::Value) -> Dataset {

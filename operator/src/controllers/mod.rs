@@ -4,6 +4,7 @@
 //! A controller module computes desired children and status with pure functions and calls
 //! these helpers at the edges; no controller reaches into another's module.
 
+pub mod cache;
 pub mod dataset;
 pub mod inference_service;
 pub mod model;

@@ -35,16 +35,18 @@ use kube::{Api, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::controllers::cache::Caches;
 use crate::controllers::placement::{
     Blocker, check_one_s3_endpoint, placement_tier, pvc_source, s3_source,
 };
 use crate::controllers::worker_job::{
     Consumer, JobOutcome, MoveView, ROLE_LABEL, Role, TERMINATION_LOG, TIER_ANNOTATION,
-    access_time, finished, job_name, job_outcome, job_pods, last_access, later, move_status,
-    owned_jobs, spec_hash, worker_job,
+    access_time, current_move, finished, job_name, job_outcome, job_pods, last_access, later,
+    move_status, spec_hash, worker_job,
 };
 use crate::controllers::{
-    Context, add_finalizer, apply_child, apply_status, delete_if_present, publish, remove_finalizer,
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, publish,
+    remove_finalizer,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
@@ -456,12 +458,13 @@ pub fn desired_status(
 }
 
 /// Verify one Model, or follow what is running for it, and write its status.
-pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(model: Arc<Model>, state: Arc<State>) -> Result<Action, Error> {
+    let ctx = &state.ctx;
     let namespace = model.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Model> = Api::namespaced(ctx.client.clone(), &namespace);
     if model.metadata.deletion_timestamp.is_some() {
         let uid = model.uid().unwrap_or_default();
-        let jobs = owned_jobs(&ctx.client, &namespace, &uid).await?;
+        let jobs = state.caches.jobs_of(&namespace, &uid);
         if let Some(job) = jobs.iter().find(|j| is_move(j) && !finished(j)) {
             return Err(Error::MoveInProgress {
                 kind: "Model",
@@ -473,48 +476,47 @@ pub async fn reconcile(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, E
         return Ok(Action::await_change());
     }
     add_finalizer(&api, model.as_ref(), FINALIZER).await?;
-    apply(model, &ctx, &namespace).await
+    apply(model, &state, &namespace).await
+}
+
+/// What the Model controller's reconciles share: the context and the watched views.
+pub struct State {
+    /// Client, configuration and recorder.
+    pub ctx: Arc<Context>,
+    /// StorageTiers, worker Jobs, TrainingJobs and InferenceServices.
+    pub caches: Caches,
 }
 
 fn is_move(job: &Job) -> bool {
     job.labels().get(ROLE_LABEL).map(String::as_str) == Some(Role::Move.as_str())
 }
 
-async fn list<K>(api: Api<K>, what: &str) -> Result<Vec<K>, Error>
-where
-    K: Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    api.list(&Default::default())
-        .await
-        .map(|l| l.items)
-        .map_err(|source| Error::Kube {
-            action: format!("listing {what}"),
-            source,
-        })
-}
-
-async fn apply(model: Arc<Model>, ctx: &Context, namespace: &str) -> Result<Action, Error> {
+async fn apply(model: Arc<Model>, state: &State, namespace: &str) -> Result<Action, Error> {
+    let ctx = &state.ctx;
     let client = &ctx.client;
-    let tiers = list(Api::<StorageTier>::all(client.clone()), "StorageTiers").await?;
-    let training_jobs = list(
-        Api::<TrainingJob>::namespaced(client.clone(), namespace),
-        "TrainingJobs",
-    )
-    .await?;
-    let services = list(
-        Api::<InferenceService>::namespaced(client.clone(), namespace),
-        "InferenceServices",
-    )
-    .await?;
+    let tiers = state.caches.tiers();
+    let training_jobs = state.caches.training_jobs_in(namespace);
+    let services = state.caches.services_in(namespace);
     let uid = model.uid().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let jobs = owned_jobs(client, namespace, &uid).await?;
+    let jobs = state.caches.jobs_of(namespace, &uid);
     let old = model.status.clone().unwrap_or_default();
     let producer = match &model.spec.source {
         ModelSource::TrainingJobRef(r) => Some(r.name.as_str()),
         _ => None,
     };
-    let producer_job = producer.and_then(|p| training_jobs.iter().find(|j| j.name_any() == p));
+    // Read fresh: its phase decides readiness and must not lag the event that brought us here.
+    let producer_job = match producer {
+        Some(p) => {
+            get_opt(
+                &Api::<TrainingJob>::namespaced(client.clone(), namespace),
+                p,
+            )
+            .await?
+        }
+        None => None,
+    };
+    let producer_job = producer_job.as_ref();
     let (hash, verification) = match model_tier(&model, producer_job, &tiers) {
         Err(blocker) => (String::new(), Verification::Blocked(blocker)),
         Ok(tier) => {
@@ -532,8 +534,8 @@ async fn apply(model: Arc<Model>, ctx: &Context, namespace: &str) -> Result<Acti
                     Ok(None) => Verification::Recorded,
                     Ok(Some(wanted)) => {
                         let name = wanted.name_any();
-                        let job = match jobs.iter().find(|j| j.name_any() == name) {
-                            Some(job) => job.clone(),
+                        let job = match get_opt(&jobs_api, &name).await? {
+                            Some(job) => job,
                             None => {
                                 let job = apply_child(&jobs_api, &wanted).await?;
                                 publish(
@@ -561,16 +563,7 @@ async fn apply(model: Arc<Model>, ctx: &Context, namespace: &str) -> Result<Acti
             (hash, verification)
         }
     };
-    let moving = match jobs.iter().find(|j| is_move(j)) {
-        None => None,
-        Some(job) => {
-            let pods = match job_outcome(job, &[]) {
-                JobOutcome::Failed { .. } => job_pods(client, namespace, &job.name_any()).await?,
-                _ => Vec::new(),
-            };
-            MoveView::of(job, &pods)
-        }
-    };
+    let moving = current_move(client, namespace, &jobs).await?;
     let now = Utc::now();
     let (served_by, accessed) = model_consumers(&model.name_any(), &services, &training_jobs, now);
     let status = desired_status(
@@ -640,7 +633,7 @@ async fn publish_transition(ctx: &Context, model: &Model, old: &ModelStatus, new
 }
 
 /// Retry soon after an error.
-pub fn error_policy(_model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(_model: Arc<Model>, error: &Error, _state: Arc<State>) -> Action {
     tracing::debug!(%error, "Model reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
@@ -650,48 +643,60 @@ pub fn error_policy(_model: Arc<Model>, error: &Error, _ctx: Arc<Context>) -> Ac
 /// InferenceServices that serve them.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    let (caches, drive) = Caches::new(&client);
+    let state = Arc::new(State {
+        ctx,
+        caches: caches.clone(),
+    });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    Controller::new(
-        Api::<Model>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client.clone()), managed)
-    .watches(
-        Api::<TrainingJob>::all(client.clone()),
-        watcher::Config::default(),
-        |job| {
-            let namespace = job.namespace().unwrap_or_default();
-            let mut names = vec![job.spec.output.model_name.clone()];
-            names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
-            if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
-                names.push(r.name.clone());
+    let controller = async move {
+        caches.ready().await;
+        Controller::new(
+            Api::<Model>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<Job>::all(client.clone()), managed)
+        .watches(
+            Api::<TrainingJob>::all(client.clone()),
+            watcher::Config::default(),
+            |job| {
+                let namespace = job.namespace().unwrap_or_default();
+                let mut names = vec![job.spec.output.model_name.clone()];
+                names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
+                if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
+                    names.push(r.name.clone());
+                }
+                names
+                    .into_iter()
+                    .map(move |name| ObjectRef::new(&name).within(&namespace))
+            },
+        )
+        .watches(
+            Api::<InferenceService>::all(client),
+            watcher::Config::default(),
+            |isvc| {
+                let namespace = isvc.namespace().unwrap_or_default();
+                let mut names = vec![isvc.spec.model_ref.name.clone()];
+                names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
+                names
+                    .into_iter()
+                    .map(move |name| ObjectRef::new(&name).within(&namespace))
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
+                Err(error) => tracing::warn!(%error, "Model reconcile failed"),
             }
-            names
-                .into_iter()
-                .map(move |name| ObjectRef::new(&name).within(&namespace))
-        },
-    )
-    .watches(
-        Api::<InferenceService>::all(client),
-        watcher::Config::default(),
-        |isvc| {
-            let namespace = isvc.namespace().unwrap_or_default();
-            let mut names = vec![isvc.spec.model_ref.name.clone()];
-            names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
-            names
-                .into_iter()
-                .map(move |name| ObjectRef::new(&name).within(&namespace))
-        },
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
-            Err(error) => tracing::warn!(%error, "Model reconcile failed"),
-        }
-    })
-    .await;
+        })
+        .await;
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drive => {}
+    }
 }
 
 #[cfg(test)]

@@ -216,17 +216,29 @@ pub fn finished(job: &Job) -> bool {
         || job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0
 }
 
-/// The worker Jobs of the resource with `uid` in `namespace`.
-pub async fn owned_jobs(client: &Client, namespace: &str, uid: &str) -> Result<Vec<Job>, Error> {
+/// The move of a resource whose worker Jobs (possibly from a lagging cache) are `jobs`, read
+/// fresh from the API: its outcome decides `status.tier`, so it must not lag the watch event
+/// that triggered the reconcile.
+pub async fn current_move(
+    client: &Client,
+    namespace: &str,
+    jobs: &[Job],
+) -> Result<Option<MoveView>, Error> {
+    let Some(cached) = jobs
+        .iter()
+        .find(|j| j.labels().get(ROLE_LABEL).map(String::as_str) == Some(Role::Move.as_str()))
+    else {
+        return Ok(None);
+    };
     let api: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().labels(&format!("{OWNER_UID_LABEL}={uid}"));
-    api.list(&params)
-        .await
-        .map(|list| list.items)
-        .map_err(|source| Error::Kube {
-            action: format!("listing worker Jobs in {namespace}"),
-            source,
-        })
+    let Some(job) = crate::controllers::get_opt(&api, &cached.name_any()).await? else {
+        return Ok(None);
+    };
+    let pods = match job_outcome(&job, &[]) {
+        JobOutcome::Failed { .. } => job_pods(client, namespace, &job.name_any()).await?,
+        _ => Vec::new(),
+    };
+    Ok(MoveView::of(&job, &pods))
 }
 
 /// The pods a worker Job ran.
