@@ -11,14 +11,14 @@ mod support;
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aigc_crds::dataset::{Dataset, DatasetPhase};
 use aigc_crds::model::{Model, ModelPhase};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::ListParams;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::Harness;
@@ -90,42 +90,30 @@ async fn thousands_of_datasets_and_models_reach_ready() {
         .await;
     let applied = started.elapsed();
 
-    // Play every worker Job's pod as soon as the Job exists.
-    let played = Arc::new(Mutex::new(HashSet::new()));
+    // Play every worker Job's pod as soon as a watch shows the Job.
     let player = {
         let h = h.clone();
-        let played = played.clone();
         tokio::spawn(async move {
             let jobs: Api<Job> = Api::namespaced(h.client.clone(), "default");
-            loop {
-                let list = jobs
-                    .list(
-                        &ListParams::default().labels("app.kubernetes.io/managed-by=aigc-operator"),
-                    )
-                    .await
-                    .expect("jobs list");
-                let fresh: Vec<Job> = {
-                    let mut seen = played.lock().unwrap();
-                    list.items
-                        .into_iter()
-                        .filter(|j| seen.insert(j.name_any()))
-                        .collect()
-                };
-                futures::stream::iter(fresh)
-                    .for_each_concurrent(32, |job| {
-                        let h = h.clone();
-                        async move {
-                            let summary = if job.labels()["aigc.dev/role"] == "prepare" {
-                                PREPARED
-                            } else {
-                                INSPECTED
-                            };
-                            h.finish_job(&job, 0, Some(summary)).await;
-                        }
-                    })
-                    .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let config =
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
+            let mut seen = HashSet::new();
+            watcher(jobs, config)
+                .applied_objects()
+                .filter_map(|job| futures::future::ready(job.ok()))
+                .filter(move |job| futures::future::ready(seen.insert(job.name_any())))
+                .for_each_concurrent(32, |job| {
+                    let h = h.clone();
+                    async move {
+                        let summary = if job.labels()["aigc.dev/role"] == "prepare" {
+                            PREPARED
+                        } else {
+                            INSPECTED
+                        };
+                        h.finish_job(&job, 0, Some(summary)).await;
+                    }
+                })
+                .await;
         })
     };
 
@@ -148,7 +136,7 @@ async fn thousands_of_datasets_and_models_reach_ready() {
         if (rd == n && rm == n) || Instant::now() > deadline {
             break (rd, rm);
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let all_ready = started.elapsed();
     let hwm = rss_kib(pid, "VmHWM:");
