@@ -201,18 +201,34 @@ fn movable(
     })
 }
 
+/// Which stored object set a move is about.
+#[derive(Clone, Copy, Debug)]
+pub struct Stored<'a> {
+    /// Dataset or Model.
+    pub kind: StoredKind,
+    /// Namespace of the resource.
+    pub namespace: &'a str,
+    /// Name of the resource.
+    pub name: &'a str,
+    /// Its version directory (Dataset `status.version`, Model `spec.version`).
+    pub version: &'a str,
+}
+
 /// The move Job of one resource from one tier to another.
 pub fn desired_move_job(
-    kind: StoredKind,
-    namespace: &str,
-    name: &str,
-    version: &str,
+    stored: Stored<'_>,
     owner: OwnerReference,
     from: &TierAccess,
     to: &TierAccess,
     images: &WorkerImages,
 ) -> Result<Job, Blocker> {
     check_one_s3_endpoint(&[from, to])?;
+    let Stored {
+        kind,
+        namespace,
+        name,
+        version,
+    } = stored;
     let from_uri = from.uri(kind, namespace, name, version);
     let to_uri = to.uri(kind, namespace, name, version);
     let args = vec![
@@ -368,16 +384,13 @@ pub fn plan(inputs: &Inputs, images: &WorkerImages, now: SystemTime) -> Plan {
         ) else {
             continue;
         };
-        match desired_move_job(
-            item.kind,
-            &item.namespace,
-            &item.name,
-            &item.version,
-            owner,
-            &from,
-            &dest,
-            images,
-        ) {
+        let stored = Stored {
+            kind: item.kind,
+            namespace: &item.namespace,
+            name: &item.name,
+            version: &item.version,
+        };
+        match desired_move_job(stored, owner, &from, &dest, images) {
             Ok(job) => plan.moves.push(Move {
                 item: item.view.id.clone(),
                 note: format!(
