@@ -22,8 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig (or the in-cluster
-    /// service account) until SIGTERM or Ctrl-C. Today: the StorageTier and InferenceService
-    /// controllers.
+    /// service account) until SIGTERM or Ctrl-C. Today: the StorageTier, InferenceService,
+    /// Dataset and Model controllers and the tier policy.
     Run {
         /// Image of CPU worker pods.
         #[arg(long, env = "AIGC_WORKER_IMAGE", default_value_t = WorkerImages::default().cpu)]
