@@ -31,6 +31,7 @@ pub struct Caches {
 fn watched<K>(
     api: Api<K>,
     config: watcher::Config,
+    slim: fn(&mut K),
 ) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()>
@@ -42,8 +43,12 @@ where
         + 'static,
 {
     let (store, writer) = kube::runtime::reflector::store();
-    let drive = reflector(writer, watcher(api, config).default_backoff())
-        .for_each(|_| futures::future::ready(()));
+    let stream = watcher(api, config).default_backoff().modify(move |obj| {
+        // Field ownership is never read here and is most of an applied object's size.
+        obj.meta_mut().managed_fields = None;
+        slim(obj);
+    });
+    let drive = reflector(writer, stream).for_each(|_| futures::future::ready(()));
     (store, drive)
 }
 
@@ -53,10 +58,14 @@ impl Caches {
         let all = watcher::Config::default();
         let managed =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-        let (tiers, a) = watched(Api::<StorageTier>::all(client.clone()), all.clone());
-        let (jobs, b) = watched(Api::<Job>::all(client.clone()), managed);
-        let (training_jobs, c) = watched(Api::<TrainingJob>::all(client.clone()), all.clone());
-        let (services, d) = watched(Api::<InferenceService>::all(client.clone()), all);
+        let (tiers, a) = watched(Api::<StorageTier>::all(client.clone()), all.clone(), |_| {});
+        // Of a Job only its labels, annotations and status are read; the pod template is not.
+        let (jobs, b) = watched(Api::<Job>::all(client.clone()), managed, |job| {
+            job.spec = None
+        });
+        let (training_jobs, c) =
+            watched(Api::<TrainingJob>::all(client.clone()), all.clone(), |_| {});
+        let (services, d) = watched(Api::<InferenceService>::all(client.clone()), all, |_| {});
         let drive = async move {
             futures::join!(a, b, c, d);
         };
