@@ -27,6 +27,16 @@ const PREPARED: &str =
     r#"{"rowsIn":10,"rowsOut":10,"shards":1,"bytes":2048,"manifestDigest":"sha256:00"}"#;
 const INSPECTED: &str = r#"{"format":"safetensors","architecture":"mlp","parameters":1000,"sizeBytes":4096,"manifestDigest":"sha256:11","task":"classification"}"#;
 
+/// The operator process, stopped even when the benchmark fails half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -46,7 +56,7 @@ async fn thousands_of_datasets_and_models_reach_ready() {
         .unwrap_or(1000);
     let h = Harness::start().await;
     h.filesystem_tier("hot", "hot", json!({})).await;
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
+    let operator = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
         .arg("run")
         .env("KUBECONFIG", h.cluster.kubeconfig_path())
         .env("RUST_LOG", "warn")
@@ -58,6 +68,7 @@ async fn thousands_of_datasets_and_models_reach_ready() {
         .spawn()
         .expect("aigc-operator run starts");
     let pid = operator.id();
+    let mut operator = KillOnDrop(operator);
 
     let started = Instant::now();
     let objects: Vec<(&str, serde_json::Value)> = (0..n)
@@ -141,8 +152,8 @@ async fn thousands_of_datasets_and_models_reach_ready() {
     let all_ready = started.elapsed();
     let hwm = rss_kib(pid, "VmHWM:");
     player.abort();
-    let _ = operator.kill();
-    let _ = operator.wait();
+    let _ = operator.0.kill();
+    let _ = operator.0.wait();
     println!(
         "{n} Datasets + {n} Models: applied in {:.1} s, all Ready after {:.1} s \
          ({ready_d} Datasets and {ready_m} Models Ready); operator RSS peak {:.1} MiB \
