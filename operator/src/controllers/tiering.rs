@@ -543,6 +543,9 @@ pub async fn run(ctx: Arc<Context>) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut blocked = BTreeSet::new();
+    // Stop on SIGTERM as well as Ctrl-C, like the controllers (`shutdown_on_signal`).
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -555,6 +558,12 @@ pub async fn run(ctx: Arc<Context>) {
                 while changes.next().now_or_never().flatten().is_some() {}
             }
             _ = tokio::signal::ctrl_c() => return,
+            Some(()) = async {
+                match terminate.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => return,
         }
         match run_once(&ctx, &blocked).await {
             Ok(now_blocked) => blocked = now_blocked,
