@@ -219,6 +219,11 @@ pub struct DatasetStatus {
     /// `sha256:` digest of the manifest: the content identity of this version of the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<String>,
+    /// Version of the prepared data: a hash of the spec fields that shape it (source, format,
+    /// schema, cleaning), and its directory under `datasets/<namespace>/<name>/` on the tier.
+    /// A spec change that alters it prepares the data again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// When a workload last read the data, RFC 3339; drives `lifecycle.demoteAfter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_access_time: Option<String>,

@@ -160,6 +160,13 @@ pub struct ModelStatus {
     /// Number of parameters read from the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<u64>,
+    /// Hash of the spec fields (source, format, placement) the recorded artifact was verified
+    /// for; a change to them verifies the artifact again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_for: Option<String>,
+    /// When a workload last read the artifact, RFC 3339; drives `lifecycle.demoteAfter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_access_time: Option<String>,
     /// InferenceServices in this namespace serving this Model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub served_by: Vec<LocalObjectRef>,

@@ -70,6 +70,18 @@ pub enum Error {
     /// A workload that cannot be run as specified; the message says what to change.
     #[error("{0}")]
     Invalid(String),
+    /// A resource cannot be deleted yet because its data is moving between tiers.
+    #[error(
+        "{kind} {name} is moving between tiers (Job {job}); deletion waits until the move finishes"
+    )]
+    MoveInProgress {
+        /// `Dataset` or `Model`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The move Job.
+        job: String,
+    },
     /// The operator configuration file cannot be read as YAML.
     #[error("scheduler configuration is not valid YAML: {0}")]
     ConfigYaml(#[from] serde_yaml::Error),

@@ -11,9 +11,15 @@
 //! counts and times its reconciles.
 
 pub mod admission;
+pub mod cache;
+pub mod dataset;
 pub mod inference_service;
+pub mod model;
+pub mod placement;
 pub mod storage_tier;
 pub mod training_job;
+pub mod tiering;
+pub mod worker_job;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -53,6 +59,9 @@ pub struct ControllerConfig {
     /// Root under which filesystem tier paths are visible to the operator process itself
     /// (`local up`); `None` in a cluster.
     pub local_root: Option<PathBuf>,
+    /// How often the tier policy runs when nothing wakes it earlier;
+    /// [`tiering::DEFAULT_INTERVAL`] when unset.
+    pub tier_policy_interval: Option<std::time::Duration>,
 }
 
 /// What every reconcile gets: the client, the configuration, the event recorder, and the
@@ -157,7 +166,10 @@ pub async fn run_all(ctx: Arc<Context>) {
         storage_tier::run(ctx.clone()),
         inference_service::run(ctx.clone()),
         training_job::run(ctx.clone()),
-        admission::run(ctx),
+        admission::run(ctx.clone()),
+        dataset::run(ctx.clone()),
+        model::run(ctx.clone()),
+        tiering::run(ctx),
     );
 }
 
@@ -349,5 +361,69 @@ mod tests {
             json!({"phase": "Queued", "placement": null, "progress": {"loss": null}})
         );
         assert_eq!(merge_patch(&json!(null), &new), new);
+/// Add `finalizer` to `obj` unless it is there. A merge patch carrying the resourceVersion
+/// it was computed from, so a concurrent change makes it fail and retry rather than drop
+/// another writer's finalizer.
+pub async fn add_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let mut finalizers = obj.finalizers().to_vec();
+    if finalizers.iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    finalizers.push(finalizer.to_owned());
+    patch_finalizers(api, obj, finalizers).await
+}
+
+/// Remove `finalizer` from `obj` if it is there.
+pub async fn remove_finalizer<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    if !obj.finalizers().iter().any(|f| f == finalizer) {
+        return Ok(());
+    }
+    let finalizers = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    patch_finalizers(api, obj, finalizers).await
+}
+
+async fn patch_finalizers<K>(api: &Api<K>, obj: &K, finalizers: Vec<String>) -> Result<(), Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: format!(
+                "updating the finalizers of {} {}",
+                K::kind(&K::DynamicType::default()),
+                obj.name_any()
+            ),
+            source,
+        }),
     }
 }

@@ -58,7 +58,8 @@ pub const REPLICA_LABEL: &str = "aigc.dev/replica";
 pub const ARTIFACTS_URI_ANNOTATION: &str = "aigc.dev/artifacts-uri";
 /// Annotation on the output Model: the manifest digest the worker reported.
 pub const MANIFEST_DIGEST_ANNOTATION: &str = "aigc.dev/manifest-digest";
-/// Version segment of a prepared Dataset's location on its tier (`datasets/<ns>/<name>/current`).
+/// Version segment of a prepared Dataset's location on its tier when its status names none
+/// (`datasets/<ns>/<name>/current`); the Dataset controller records `status.version`.
 pub const DATASET_VERSION: &str = "current";
 /// Where the worker writes its final JSON result.
 pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
@@ -1157,7 +1158,11 @@ pub fn train_inputs(
             StoredKind::Dataset,
             &namespace,
             &dataset.name_any(),
-            DATASET_VERSION,
+            dataset
+                .status
+                .as_ref()
+                .and_then(|s| s.version.as_deref())
+                .unwrap_or(DATASET_VERSION),
         ),
         out_uri: out.uri(
             StoredKind::Model,
