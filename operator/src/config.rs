@@ -202,6 +202,7 @@ impl OperatorConfig {
             worker_images: self.worker_images.clone(),
             scheduler: self.scheduler.clone(),
             local_root: self.local_root.clone(),
+            tier_policy_interval: None,
         }
     }
 

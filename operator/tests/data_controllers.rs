@@ -86,7 +86,10 @@ async fn a_dataset_is_prepared_by_a_job_and_reprepared_on_spec_change() {
             "csv"
         ]
     );
-    assert!(a.ends_with(&["--report".into(), "/dev/termination-log".into()]));
+    assert!(a.ends_with(&[
+        "--termination-message-path".into(),
+        "/dev/termination-log".into()
+    ]));
     let pod = job.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let volumes: Vec<String> = pod.volumes.unwrap().into_iter().map(|v| v.name).collect();
     assert_eq!(volumes, ["tmp", "source", "tier-hot", "schema"]);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 fn start(data_dir: &Path) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
-        .args(["local", "up", "--data-dir"])
+        .args(["local", "up", "--no-manifests", "--data-dir"])
         .arg(data_dir)
         .stderr(Stdio::piped())
         .spawn()

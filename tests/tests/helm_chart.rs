@@ -282,7 +282,7 @@ fn the_operator_accepts_the_rendered_config_and_arguments() {
         },
     }));
     let config = operator_config(&objects);
-    assert_eq!(config.worker_images.cpu, "aigc-operator/worker:0.1.0");
+    assert_eq!(config.worker_images.cpu, "aigc-operator/aigc-worker:0.1.0");
     assert_eq!(
         config.worker_images.gpu,
         "registry.example/aigc-worker:1.2.0-cuda"
@@ -449,7 +449,7 @@ fn notes_tell_the_user_what_to_do_next() {
         "2 replicas, one leader elected through a Lease",
         "get lease test-release-aigc-operator -o jsonpath='{.spec.holderIdentity}'",
         "service test-release-aigc-operator-metrics:8080/metrics",
-        "aigc-operator/worker:0.1.0 on CPU",
+        "aigc-operator/aigc-worker:0.1.0 on CPU",
         "aigc-operator/worker-gpu:0.1.0 on GPU",
     ] {
         assert!(

@@ -177,7 +177,7 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart() {
         .await;
     assert_eq!(deployment["spec"]["replicas"], 1);
     let config = cluster.operator_config().await;
-    assert_eq!(config.worker_images.cpu, "aigc-operator/worker:0.1.0");
+    assert_eq!(config.worker_images.cpu, "aigc-operator/aigc-worker:0.1.0");
     assert_eq!(config.scheduler.auto_fallback_after.0, "10m");
     let pdb = cluster
         .get_json(&["get", "pdb", "aigc-operator", "-n", NAMESPACE])

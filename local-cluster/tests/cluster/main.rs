@@ -8,4 +8,5 @@ mod kube_client;
 mod kubectl;
 mod kubelet;
 mod request_path;
+mod running;
 mod workloads;

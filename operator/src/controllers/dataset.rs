@@ -129,7 +129,11 @@ pub fn prepare_args(spec: &DatasetSpec, format: &str, source: &str, out: &str) -
             args.extend(["--max-row-bytes".to_owned(), max.to_string()]);
         }
     }
-    args.extend(["--report".to_owned(), TERMINATION_LOG.to_owned()]);
+    // The compact summary (at most 4096 bytes, the termination message's limit).
+    args.extend([
+        "--termination-message-path".to_owned(),
+        TERMINATION_LOG.to_owned(),
+    ]);
     args
 }
 
@@ -765,7 +769,7 @@ mod tests {
                 "--dedupe",
                 "--max-row-bytes",
                 "4096",
-                "--report",
+                "--termination-message-path",
                 "/dev/termination-log"
             ]
         );

@@ -194,6 +194,9 @@ fn serve_args(isvc: &InferenceService, model: &ServedModel) -> Vec<String> {
         "serve".to_owned(),
         "--model".to_owned(),
         model.uri.clone(),
+        // Clients ask for the Model by its name (the OpenAI `model` field).
+        "--model-name".to_owned(),
+        model.name.clone(),
         "--listen".to_owned(),
         format!("$(POD_IP):{HTTP_PORT}"),
     ];
@@ -848,6 +851,8 @@ mod tests {
                 "serve",
                 "--model",
                 "file:///tiers/hot/models/team/smol/1.2.0",
+                "--model-name",
+                "smol",
                 "--listen",
                 "$(POD_IP):8080",
                 "--max-batch",

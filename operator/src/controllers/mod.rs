@@ -17,8 +17,8 @@ pub mod inference_service;
 pub mod model;
 pub mod placement;
 pub mod storage_tier;
-pub mod training_job;
 pub mod tiering;
+pub mod training_job;
 pub mod worker_job;
 
 use std::fmt::Debug;
@@ -345,22 +345,6 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::merge_patch;
-
-    #[test]
-    fn merge_patches_remove_what_the_new_status_drops() {
-        let old = json!({"phase": "Running", "placement": {"nodes": ["a"]}, "attempts": 1,
-                         "progress": {"step": 4, "loss": 0.5}});
-        let new = json!({"phase": "Queued", "attempts": 1, "progress": {"step": 4}});
-        assert_eq!(
-            merge_patch(&old, &new),
-            json!({"phase": "Queued", "placement": null, "progress": {"loss": null}})
-        );
-        assert_eq!(merge_patch(&json!(null), &new), new);
 /// Add `finalizer` to `obj` unless it is there. A merge patch carrying the resourceVersion
 /// it was computed from, so a concurrent change makes it fail and retry rather than drop
 /// another writer's finalizer.
@@ -425,5 +409,24 @@ where
             ),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::merge_patch;
+
+    #[test]
+    fn merge_patches_remove_what_the_new_status_drops() {
+        let old = json!({"phase": "Running", "placement": {"nodes": ["a"]}, "attempts": 1,
+                         "progress": {"step": 4, "loss": 0.5}});
+        let new = json!({"phase": "Queued", "attempts": 1, "progress": {"step": 4}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Queued", "placement": null, "progress": {"loss": null}})
+        );
+        assert_eq!(merge_patch(&json!(null), &new), new);
     }
 }

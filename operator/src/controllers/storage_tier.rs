@@ -142,10 +142,25 @@ pub fn desired_status(
     status
 }
 
-async fn probe(tier: &StorageTier) -> ProbeOutcome {
+/// Where the operator itself sees a filesystem tier's `path`: under `local_root` when it runs
+/// beside the local cluster (`local up`), which keeps hostPath volumes there; as written
+/// otherwise (the operator's own mount).
+pub fn visible_root(path: &str, local_root: Option<&Path>) -> PathBuf {
+    match local_root {
+        Some(root) => root.join(path.trim_start_matches('/')),
+        None => PathBuf::from(path),
+    }
+}
+
+async fn probe(tier: &StorageTier, local_root: Option<&Path>) -> ProbeOutcome {
     match &tier.spec.backend {
         TierBackend::Filesystem(fs) => {
-            let root = PathBuf::from(&fs.path);
+            let root = visible_root(&fs.path, local_root);
+            if local_root.is_some() {
+                // The local cluster creates hostPath directories on demand, as
+                // `DirectoryOrCreate` would; an empty tier is a reachable tier.
+                let _ = std::fs::create_dir_all(&root);
+            }
             tokio::task::spawn_blocking(move || probe_filesystem(&root))
                 .await
                 .unwrap_or_else(|error| ProbeOutcome::Unreachable {
@@ -165,7 +180,7 @@ async fn probe(tier: &StorageTier) -> ProbeOutcome {
 
 /// Probe one StorageTier and write its status.
 pub async fn reconcile(tier: Arc<StorageTier>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let outcome = probe(&tier).await;
+    let outcome = probe(&tier, ctx.config.local_root.as_deref()).await;
     let status = desired_status(&tier, &outcome, Utc::now());
     let was_ready = tier
         .status

@@ -1202,14 +1202,16 @@ async fn register_output(
                     inputs.out_uri
                 )));
             }
+            // A merge patch of the annotations only: the Model's spec stays its author's.
             let mark = serde_json::json!({
-                "apiVersion": "aigc.dev/v1alpha1",
-                "kind": "Model",
-                "metadata": {"name": name, "annotations": model_annotations(inputs, result)},
+                "metadata": {"annotations": model_annotations(inputs, result)},
             });
-            let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
             models
-                .patch(name, &params, &kube::api::Patch::Apply(&mark))
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&mark),
+                )
                 .await
                 .map_err(|source| Error::Kube {
                     action: format!("marking Model {name} with its artifacts"),

@@ -123,18 +123,24 @@ fn io(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// The directory of the running binary, where `aigc-worker` is expected.
-pub fn binary_dir() -> Result<PathBuf, Error> {
-    let exe = std::env::current_exe().map_err(|e| io(Path::new("current executable"), e))?;
-    Ok(exe.parent().map(Path::to_owned).unwrap_or_default())
+/// Where the kubelet looks for `aigc-worker`: beside the running binary.
+pub fn binary_dir() -> PathBuf {
+    aigc_local_cluster::kubelet::images::default_binary_dir()
 }
 
 /// Check what `local up` needs before starting anything: the worker binary beside this one and
 /// the Python packages the manifests seed from. Each missing piece names the command that
 /// provides it.
 pub fn check_prerequisites(documents: &[manifests::Document]) -> Result<(), Error> {
-    let worker = binary_dir()?.join(WORKER_BINARY);
-    if !worker.is_file() {
+    let worker = binary_dir().join(WORKER_BINARY);
+    if !worker.is_file() && documents.is_empty() {
+        // Nothing to run yet; pods applied later wait with ErrImagePull until it exists.
+        eprintln!(
+            "warning: {} is missing, so worker pods cannot start; build it with \
+             `cargo build --release -p aigc-worker`",
+            worker.display()
+        );
+    } else if !worker.is_file() {
         return Err(Error::Prerequisite {
             what: format!("the worker binary {}", worker.display()),
             fix: "cargo build --release -p aigc-worker (scripts/local-up.sh builds both binaries)"
