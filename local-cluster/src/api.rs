@@ -810,7 +810,12 @@ impl Cluster {
             group: String::new(),
             plural: "nodes".to_owned(),
         };
-        self.store.get(&nodes, "", node)?;
+        // Only the kubelet's own (simulated) nodes stop containers; a pod on any other Node
+        // object has nobody to wait for and goes at once.
+        let node = self.store.get(&nodes, "", node)?;
+        if node["metadata"]["labels"][crate::nodes::SIMULATED_LABEL] != "true" {
+            return None;
+        }
         if matches!(
             pod["status"]["phase"].as_str(),
             Some("Succeeded" | "Failed")
@@ -856,7 +861,7 @@ mod tests {
         }
     }
 
-    /// A cluster with the node `n1` and the pods `on-node` (bound to it), `unbound` and
+    /// A cluster with the simulated node `n1` and the pods `on-node` (bound to it), `unbound` and
     /// `elsewhere` (bound to a node that does not exist).
     fn cluster() -> (Cluster, Arc<Resource>) {
         let mut cluster = Cluster::new(100);
@@ -873,7 +878,12 @@ mod tests {
             )
             .unwrap();
         cluster
-            .create(&nodes, "", json!({"metadata": {"name": "n1"}}), &options())
+            .create(
+                &nodes,
+                "",
+                json!({"metadata": {"name": "n1", "labels": {crate::nodes::SIMULATED_LABEL: "true"}}}),
+                &options(),
+            )
             .unwrap();
         for (name, node) in [("on-node", "n1"), ("unbound", ""), ("elsewhere", "gone")] {
             let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node, "terminationGracePeriodSeconds": 20}});

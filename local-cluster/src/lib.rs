@@ -297,6 +297,8 @@ impl LocalCluster {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Before any TLS use: clients built below (the internal one included) need it.
+        tls::install_default_crypto_provider();
         let certs = tls::ServingCerts::generate()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config()?);
         let https = bind(config.https_port).await?;
@@ -360,7 +362,6 @@ impl LocalCluster {
         write_file(&kubeconfig_path, &kubeconfig(https_addr, &certs.ca_pem))?;
         let kubeconfig = kube::config::Kubeconfig::read_from(&kubeconfig_path)
             .map_err(|e| Error::Client(e.to_string()))?;
-        tls::install_default_crypto_provider();
         let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .map_err(|e| Error::Client(e.to_string()))?;

@@ -42,7 +42,9 @@ where
 /// The two simulated nodes of the embedded cluster's default configuration.
 async fn create_nodes(client: &Client) {
     let nodes: Api<Node> = Api::all(client.clone());
-    let base_labels = |name: &str| json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "node.aigc.dev/simulated": "true"});
+    // Not labelled simulated: no kubelet runs their pods, the test plays it.
+    let base_labels =
+        |name: &str| json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
     let mut gpu_labels = base_labels("local-gpu");
     gpu_labels["nvidia.com/gpu.product"] = json!("NVIDIA-H100-80GB-HBM3");
     gpu_labels["nvidia.com/gpu.count"] = json!("2");
