@@ -26,7 +26,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -670,6 +670,12 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (caches, drive) = Caches::new(&client);
     let stopped = ctx.stopped();
+    // Built here so `/readyz` waits for its cache and `/metrics` lists the kind.
+    let controller = ctx.controller(
+        "Dataset",
+        Api::<Dataset>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let state = Arc::new(State {
         ctx,
         caches: caches.clone(),
@@ -677,28 +683,25 @@ pub async fn run(ctx: Arc<Context>) {
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
     let controller = async move {
         caches.ready().await;
-        Controller::new(
-            Api::<Dataset>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(Api::<Job>::all(client.clone()), managed)
-        .watches(
-            Api::<TrainingJob>::all(client),
-            watcher::Config::default(),
-            |job| {
-                let namespace = job.namespace().unwrap_or_default();
-                std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
-            },
-        )
-        .graceful_shutdown_on(stopped)
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
-                Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
-            }
-        })
-        .await;
+        controller
+            .owns(Api::<Job>::all(client.clone()), managed)
+            .watches(
+                Api::<TrainingJob>::all(client),
+                watcher::Config::default(),
+                |job| {
+                    let namespace = job.namespace().unwrap_or_default();
+                    std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
+                },
+            )
+            .graceful_shutdown_on(stopped)
+            .run(reconcile, error_policy, state)
+            .for_each(|result| async move {
+                match result {
+                    Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
+                    Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
+                }
+            })
+            .await;
     };
     tokio::select! {
         () = controller => {}

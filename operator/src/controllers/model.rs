@@ -27,7 +27,7 @@ use aigc_crds::{Condition, ConditionStatus, condition::find_condition, condition
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -645,6 +645,12 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let (caches, drive) = Caches::new(&client);
     let stopped = ctx.stopped();
+    // Built here so `/readyz` waits for its cache and `/metrics` lists the kind.
+    let controller = ctx.controller(
+        "Model",
+        Api::<Model>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let state = Arc::new(State {
         ctx,
         caches: caches.clone(),
@@ -652,47 +658,44 @@ pub async fn run(ctx: Arc<Context>) {
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
     let controller = async move {
         caches.ready().await;
-        Controller::new(
-            Api::<Model>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(Api::<Job>::all(client.clone()), managed)
-        .watches(
-            Api::<TrainingJob>::all(client.clone()),
-            watcher::Config::default(),
-            |job| {
-                let namespace = job.namespace().unwrap_or_default();
-                let mut names = vec![job.spec.output.model_name.clone()];
-                names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
-                if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
-                    names.push(r.name.clone());
+        controller
+            .owns(Api::<Job>::all(client.clone()), managed)
+            .watches(
+                Api::<TrainingJob>::all(client.clone()),
+                watcher::Config::default(),
+                |job| {
+                    let namespace = job.namespace().unwrap_or_default();
+                    let mut names = vec![job.spec.output.model_name.clone()];
+                    names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
+                    if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
+                        names.push(r.name.clone());
+                    }
+                    names
+                        .into_iter()
+                        .map(move |name| ObjectRef::new(&name).within(&namespace))
+                },
+            )
+            .watches(
+                Api::<InferenceService>::all(client),
+                watcher::Config::default(),
+                |isvc| {
+                    let namespace = isvc.namespace().unwrap_or_default();
+                    let mut names = vec![isvc.spec.model_ref.name.clone()];
+                    names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
+                    names
+                        .into_iter()
+                        .map(move |name| ObjectRef::new(&name).within(&namespace))
+                },
+            )
+            .graceful_shutdown_on(stopped)
+            .run(reconcile, error_policy, state)
+            .for_each(|result| async move {
+                match result {
+                    Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
+                    Err(error) => tracing::warn!(%error, "Model reconcile failed"),
                 }
-                names
-                    .into_iter()
-                    .map(move |name| ObjectRef::new(&name).within(&namespace))
-            },
-        )
-        .watches(
-            Api::<InferenceService>::all(client),
-            watcher::Config::default(),
-            |isvc| {
-                let namespace = isvc.namespace().unwrap_or_default();
-                let mut names = vec![isvc.spec.model_ref.name.clone()];
-                names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
-                names
-                    .into_iter()
-                    .map(move |name| ObjectRef::new(&name).within(&namespace))
-            },
-        )
-        .graceful_shutdown_on(stopped)
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
-                Err(error) => tracing::warn!(%error, "Model reconcile failed"),
-            }
-        })
-        .await;
+            })
+            .await;
     };
     tokio::select! {
         () = controller => {}
