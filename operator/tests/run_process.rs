@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aigc_crds::model::Model;
 use aigc_crds::storage_tier::StorageTier;
+use aigc_crds::training_job::TrainingJob;
 use aigc_local_cluster::{Config, LocalCluster};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -373,6 +374,23 @@ async fn debug_logs_never_contain_a_secret_value() {
                    "credentialsSecretRef": {"name": "s3-credentials", "namespace": "default"}}}}}),
     )
     .await;
+    // A Model written by a TrainingJob that already succeeded: the Model controller marks it
+    // Ready by itself (patching the Model's status by hand would race with it).
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), "default");
+    apply(
+        &jobs,
+        json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "train-chat"},
+               "spec": {"datasetRef": {"name": "chat-data"}, "architecture": "char-transformer",
+                        "output": {"modelName": "chat", "version": "1.0.0", "tier": "hot"}}}),
+    )
+    .await;
+    jobs.patch_status(
+        "train-chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap();
     let models: Api<Model> = Api::namespaced(client.clone(), "default");
     apply(
         &models,
@@ -381,14 +399,6 @@ async fn debug_logs_never_contain_a_secret_value() {
                         "architecture": "llama", "task": "text-generation", "version": "1.0.0"}}),
     )
     .await;
-    models
-        .patch_status(
-            "chat",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Ready", "tier": "hot"}})),
-        )
-        .await
-        .unwrap();
     let services: Api<aigc_crds::inference_service::InferenceService> =
         Api::namespaced(client.clone(), "default");
     apply(
