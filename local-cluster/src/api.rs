@@ -678,7 +678,16 @@ impl Cluster {
             self.store.put(&key, object);
             return self.remove(resource, &namespace, &name);
         }
-        if object["metadata"]["ownerReferences"].is_array() || is_deleting(&object) {
+        // A collection pass is due when an owner may be missing or a deletion may cascade: not
+        // for the many writes (status updates) that leave the owner references as they were.
+        let owners = &object["metadata"]["ownerReferences"];
+        if is_deleting(&object)
+            || (owners.is_array()
+                && self
+                    .store
+                    .get(&key, namespace_of(&object), name_of(&object))
+                    .is_none_or(|previous| previous["metadata"]["ownerReferences"] != *owners))
+        {
             self.gc_pending = true;
         }
         let stored = self.store.put(&key, object);

@@ -5,7 +5,8 @@
 //!
 //! Run with:
 //! `cargo test -p aigc-operator --test data_scale -- --ignored --nocapture`
-//! (`AIGC_SCALE=N` changes the count per kind).
+//! (`AIGC_SCALE=N` changes the count per kind; `AIGC_SCALE_LOG=FILE` keeps the operator's log,
+//! at `AIGC_SCALE_RUST_LOG` level, default `warn`).
 
 mod support;
 
@@ -47,6 +48,21 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User plus system CPU seconds a process has used so far (`/proc/PID/stat` fields 14 and 15).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: f64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // Linux reports in clock ticks of 1/100 s on every platform we run on.
+    ticks / 100.0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 async fn thousands_of_datasets_and_models_reach_ready() {
@@ -59,12 +75,15 @@ async fn thousands_of_datasets_and_models_reach_ready() {
     let operator = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
         .arg("run")
         .env("KUBECONFIG", h.cluster.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(match std::env::var_os("AIGC_SCALE_LOG") {
+        .env(
+            "RUST_LOG",
+            std::env::var("AIGC_SCALE_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdout(match std::env::var_os("AIGC_SCALE_LOG") {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::null(),
         })
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("aigc-operator run starts");
     let pid = operator.id();
@@ -102,7 +121,7 @@ async fn thousands_of_datasets_and_models_reach_ready() {
     let applied = started.elapsed();
 
     // Play every worker Job's pod as soon as a watch shows the Job.
-    let player = {
+    let mut player = {
         let h = h.clone();
         tokio::spawn(async move {
             let jobs: Api<Job> = Api::namespaced(h.client.clone(), "default");
@@ -134,6 +153,15 @@ async fn thousands_of_datasets_and_models_reach_ready() {
     let deadline = Instant::now() + Duration::from_secs(600);
     let (ready_d, ready_m) = loop {
         peak_rss = peak_rss.max(rss_kib(pid, "VmRSS:"));
+        if player.is_finished() {
+            // It only ends by panicking (a request failed): show why instead of timing out.
+            if let Err(error) = (&mut player).await
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
+            panic!("the pod player stopped watching Jobs");
+        }
         let d = datasets.list(&Default::default()).await.unwrap().items;
         let m = models.list(&Default::default()).await.unwrap().items;
         let rd = d
@@ -151,13 +179,16 @@ async fn thousands_of_datasets_and_models_reach_ready() {
     };
     let all_ready = started.elapsed();
     let hwm = rss_kib(pid, "VmHWM:");
+    let operator_cpu = cpu_seconds(&pid.to_string());
+    let cluster_cpu = cpu_seconds("self");
     player.abort();
     let _ = operator.0.kill();
     let _ = operator.0.wait();
     println!(
         "{n} Datasets + {n} Models: applied in {:.1} s, all Ready after {:.1} s \
          ({ready_d} Datasets and {ready_m} Models Ready); operator RSS peak {:.1} MiB \
-         (sampled max {:.1} MiB)",
+         (sampled max {:.1} MiB); CPU: operator {operator_cpu:.1} s, embedded cluster and \
+         pod player {cluster_cpu:.1} s",
         applied.as_secs_f64(),
         all_ready.as_secs_f64(),
         hwm as f64 / 1024.0,
