@@ -250,6 +250,11 @@ pub struct StorageTierStatus {
     /// Objects stored on this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_count: Option<u64>,
+    /// True when the last probe stopped counting before the end of a very large S3 tier
+    /// (it lists a bounded number of pages per probe): `usedBytes` and `objectCount` are
+    /// then lower bounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_partial: bool,
     /// Monthly cost of what is stored, `usedBytes` in GiB times `costPerGiBMonth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_cost: Option<f64>,

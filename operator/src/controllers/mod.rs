@@ -62,6 +62,9 @@ pub struct ControllerConfig {
     /// How often the tier policy runs when nothing wakes it earlier;
     /// [`tiering::DEFAULT_INTERVAL`] when unset.
     pub tier_policy_interval: Option<std::time::Duration>,
+    /// How often a Ready StorageTier is probed again (a failing one four times as often);
+    /// [`storage_tier::PROBE_INTERVAL`] when unset.
+    pub tier_probe_interval: Option<std::time::Duration>,
 }
 
 /// What every reconcile gets: the client, the configuration, the event recorder, and the
