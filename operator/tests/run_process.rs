@@ -280,6 +280,32 @@ async fn run_serves_probes_and_metrics_leads_and_stops_cleanly_on_sigterm() {
         Some(0.0)
     );
 
+    // Every kind is counted, the data controllers' too, and the tier policy's passes.
+    let datasets: Api<aigc_crds::Dataset> = Api::namespaced(client.clone(), "default");
+    apply(
+        &datasets,
+        json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "Dataset",
+               "metadata": {"name": "reviews", "namespace": "default"},
+               "spec": {"source": {"http": {"url": "http://data.invalid/reviews.csv"}},
+                        "format": "csv", "placement": {"tier": "nowhere"}}}),
+    )
+    .await;
+    let page = wait_for("a counted Dataset reconcile", || async {
+        let (_, page) = operator.get("/metrics").await;
+        (sample(&page, "aigc_reconcile_total{kind=\"Dataset\"}")? >= 1.0).then_some(page)
+    })
+    .await;
+    for kind in ["Dataset", "Model", "TrainingJob", "TierPolicy"] {
+        assert!(
+            sample(
+                &page,
+                &format!("aigc_reconcile_duration_seconds_count{{kind=\"{kind}\"}}")
+            )
+            .is_some(),
+            "no {kind} in\n{page}"
+        );
+    }
+
     let status = operator.terminate().await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(holder(&client).await, None, "the Lease is released");
