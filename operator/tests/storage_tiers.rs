@@ -18,6 +18,7 @@ use aigc_crds::{Condition, ConditionStatus, condition::find_condition};
 use aigc_operator::controllers::{self, Context, ControllerConfig};
 use aigc_storage::testing::MotoServer;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -185,5 +186,27 @@ async fn s3_tiers_report_usage_or_name_the_problem_and_recover_when_the_secret_i
         let (fixed, _) = tier_when(&h, tier, ConditionStatus::True).await;
         assert_eq!(fixed.status.unwrap().object_count, Some(3), "{tier}");
     }
+    // Each transition is an Event: the problem, then the recovery.
+    let events: Api<Event> = Api::all(h.client.clone());
+    support::eventually(
+        "SecretNotFound and Reachable Events on no-secret",
+        || async {
+            let reasons: Vec<String> = events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("no-secret")
+                })
+                .filter_map(|e| e.reason)
+                .collect();
+            (reasons.iter().any(|r| r == "SecretNotFound")
+                && reasons.iter().any(|r| r == "Reachable"))
+            .then_some(())
+        },
+    )
+    .await;
     controller.abort();
 }

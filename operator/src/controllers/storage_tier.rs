@@ -398,19 +398,16 @@ pub fn tiers_using_secret(
 pub async fn reconcile(tier: Arc<StorageTier>, ctx: Arc<Context>) -> Result<Action, Error> {
     let outcome = probe(&tier, &ctx).await;
     let status = desired_status(&tier, &outcome, Utc::now());
-    let was_ready = tier
+    let before = tier
         .status
         .as_ref()
         .and_then(|s| aigc_crds::condition::find_condition(&s.conditions, "Ready"))
-        .map(|c| c.status);
+        .map(|c| (c.status, c.reason.clone()));
     let ready = matches!(outcome, ProbeOutcome::Reachable { .. });
-    if was_ready
-        != Some(if ready {
-            ConditionStatus::True
-        } else {
-            ConditionStatus::False
-        })
-    {
+    let now = aigc_crds::condition::find_condition(&status.conditions, "Ready")
+        .map(|c| (c.status, c.reason.clone()));
+    // An Event per transition, including from one problem to another.
+    if before != now {
         let (type_, reason, note) = match &outcome {
             ProbeOutcome::Reachable { .. } => (
                 EventType::Normal,
