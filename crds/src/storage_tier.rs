@@ -117,8 +117,9 @@ pub struct S3Backend {
     /// S3-compatible servers need this.
     #[serde(default)]
     pub force_path_style: bool,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; the default
-    /// credential chain is used when omitted.
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`); the default credential chain is used when omitted. The operator
+    /// probes the bucket with these keys and probes again as soon as the Secret changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
