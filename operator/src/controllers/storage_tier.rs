@@ -275,10 +275,17 @@ pub fn s3_failure(
                 }
             ),
         ),
-        aigc_storage::Error::Unreachable { detail, .. } => (
-            "EndpointUnreachable",
-            format!("cannot reach {endpoint} for bucket {bucket:?}: {detail}"),
-        ),
+        aigc_storage::Error::Unreachable { detail, .. } => {
+            let mut message = format!("cannot reach {endpoint} for bucket {bucket:?}: {detail}");
+            if backend.endpoint.is_some() && !backend.force_path_style {
+                // Virtual-hosted addressing puts the bucket in the host name, which
+                // S3-compatible servers rarely resolve.
+                message.push_str(
+                    "; most S3-compatible servers need spec.backend.s3.forcePathStyle: true",
+                );
+            }
+            ("EndpointUnreachable", message)
+        }
         other => ("ProbeFailed", other.to_string()),
     };
     ProbeOutcome::Unreachable { reason, message }
@@ -687,6 +694,7 @@ mod tests {
         ));
         assert_eq!(reason, "EndpointUnreachable");
         assert!(message.contains("connection refused"), "{message}");
+        assert!(message.contains("forcePathStyle: true"), "{message}");
     }
 
     #[test]
