@@ -117,8 +117,9 @@ pub struct S3Backend {
     /// S3-compatible servers need this.
     #[serde(default)]
     pub force_path_style: bool,
-    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; the default
-    /// credential chain is used when omitted.
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`); the default credential chain is used when omitted. The operator
+    /// probes the bucket with these keys and probes again as soon as the Secret changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
@@ -250,6 +251,11 @@ pub struct StorageTierStatus {
     /// Objects stored on this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_count: Option<u64>,
+    /// True when the last probe stopped counting before the end of a very large S3 tier
+    /// (it lists a bounded number of pages per probe): `usedBytes` and `objectCount` are
+    /// then lower bounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_partial: bool,
     /// Monthly cost of what is stored, `usedBytes` in GiB times `costPerGiBMonth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_cost: Option<f64>,

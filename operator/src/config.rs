@@ -203,6 +203,7 @@ impl OperatorConfig {
             scheduler: self.scheduler.clone(),
             local_root: self.local_root.clone(),
             tier_policy_interval: None,
+            tier_probe_interval: None,
         }
     }
 

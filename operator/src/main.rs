@@ -163,7 +163,10 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+                    aigc_operator::process::log_filter(
+                        &std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                    )
+                    .unwrap_or_else(|_| EnvFilter::new("warn")),
                 )
                 .init();
             let options = local::UpOptions {
@@ -191,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `run`: check the configuration, then run the operator process until SIGTERM or Ctrl-C.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&args.log_level)
+    let filter = aigc_operator::process::log_filter(&args.log_level)
         .with_context(|| format!("--log-level (RUST_LOG) {:?}", args.log_level))?;
     match args.log_format {
         LogFormat::Json => tracing_subscriber::fmt()

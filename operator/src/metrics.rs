@@ -1,4 +1,5 @@
-//! The operator's Prometheus metrics: reconciles per kind (count, errors, duration histogram),
+//! The operator's Prometheus metrics: reconciles per kind (count, errors, duration histogram;
+//! the tier policy's passes count under the kind `TierPolicy`),
 //! the resource scheduler's queues (pending and admitted workloads per queue) and whether this
 //! replica leads. [`Metrics`] is a cheap handle shared by every controller through the
 //! `Context`; [`Metrics::render`] writes the Prometheus text exposition format served at
@@ -83,6 +84,15 @@ impl Metrics {
         self.registry()
             .queues
             .insert(queue.to_owned(), QueueGauges { pending, admitted });
+    }
+
+    /// Replace the scheduler's view of every queue: `(pending, admitted)` per queue name.
+    /// Queues left out disappear from `/metrics`.
+    pub fn set_queues(&self, queues: BTreeMap<String, (u64, u64)>) {
+        self.registry().queues = queues
+            .into_iter()
+            .map(|(queue, (pending, admitted))| (queue, QueueGauges { pending, admitted }))
+            .collect();
     }
 
     /// Whether this replica holds the leader Lease (always true without leader election).
@@ -289,6 +299,10 @@ mod tests {
         assert!(text.contains("aigc_queue_pending_workloads{queue=\"gpu-team\"} 3\n"));
         assert!(text.contains("aigc_admitted_workloads{queue=\"gpu-team\"} 3\n"));
         assert!(text.contains("# TYPE aigc_admitted_workloads gauge\n"));
+        metrics.set_queues(BTreeMap::from([("default".to_owned(), (1, 0))]));
+        let text = metrics.render();
+        assert!(text.contains("aigc_queue_pending_workloads{queue=\"default\"} 1\n"));
+        assert!(!text.contains("gpu-team"), "{text}");
     }
 
     #[test]

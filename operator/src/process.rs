@@ -21,6 +21,30 @@ use crate::health::{Health, Role};
 use crate::leader::{LeaderElector, LeaseTiming};
 use crate::metrics::Metrics;
 
+/// Log targets held at `info` whatever the configured level: the AWS SDK's debug and trace
+/// logs print the resolved credentials (the access key id) and request signatures, and the
+/// operator uses the SDK with the credentials of StorageTier Secrets.
+pub const CREDENTIAL_LOGGING_TARGETS: &[&str] = &[
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sdk_s3",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+];
+
+/// The log filter for `directives` (`RUST_LOG` syntax) with the
+/// [`CREDENTIAL_LOGGING_TARGETS`] held at `info`.
+pub fn log_filter(
+    directives: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(directives)?;
+    for target in CREDENTIAL_LOGGING_TARGETS {
+        filter = filter.add_directive(format!("{target}=info").parse()?);
+    }
+    Ok(filter)
+}
+
 /// How long stopping controllers may take before their tasks are cancelled.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,7 @@
 //! `aigc-operator run`, the real binary, against the embedded cluster: it serves /healthz,
 //! /readyz and /metrics, leads through its Lease, reconciles, logs JSON, stops cleanly on
-//! SIGTERM releasing the Lease, and never logs a secret's value even at debug level.
+//! SIGTERM releasing the Lease, and never logs a secret's value even at debug level, while
+//! probing an S3 tier (moto) with a Secret's keys.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -11,6 +12,7 @@ use aigc_crds::model::Model;
 use aigc_crds::storage_tier::StorageTier;
 use aigc_crds::training_job::TrainingJob;
 use aigc_local_cluster::{Config, LocalCluster};
+use aigc_storage::testing::MotoServer;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -278,6 +280,32 @@ async fn run_serves_probes_and_metrics_leads_and_stops_cleanly_on_sigterm() {
         Some(0.0)
     );
 
+    // Every kind is counted, the data controllers' too, and the tier policy's passes.
+    let datasets: Api<aigc_crds::Dataset> = Api::namespaced(client.clone(), "default");
+    apply(
+        &datasets,
+        json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "Dataset",
+               "metadata": {"name": "reviews", "namespace": "default"},
+               "spec": {"source": {"http": {"url": "http://data.invalid/reviews.csv"}},
+                        "format": "csv", "placement": {"tier": "nowhere"}}}),
+    )
+    .await;
+    let page = wait_for("a counted Dataset reconcile", || async {
+        let (_, page) = operator.get("/metrics").await;
+        (sample(&page, "aigc_reconcile_total{kind=\"Dataset\"}")? >= 1.0).then_some(page)
+    })
+    .await;
+    for kind in ["Dataset", "Model", "TrainingJob", "TierPolicy"] {
+        assert!(
+            sample(
+                &page,
+                &format!("aigc_reconcile_duration_seconds_count{{kind=\"{kind}\"}}")
+            )
+            .is_some(),
+            "no {kind} in\n{page}"
+        );
+    }
+
     let status = operator.terminate().await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(holder(&client).await, None, "the Lease is released");
@@ -338,6 +366,9 @@ async fn debug_logs_never_contain_a_secret_value() {
     const ACCESS_KEY: &str = "AKIAQ7TESTACCESSKEY9";
     const SECRET_KEY: &str = "tEsT/sEcReT+kEy/9f8e7d6c5b4a3";
     const API_KEY: &str = "sk-aigc-test-3c1f9e77d2b84a56";
+    // The S3 tier's probe signs real requests with the Secret's keys.
+    let moto = MotoServer::start().expect("moto (scripts/install-test-deps.sh)");
+    moto.create_bucket("aigc-cold").await;
     let (cluster, dir) = start_cluster().await;
     let client = cluster.client();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
@@ -370,7 +401,7 @@ async fn debug_logs_never_contain_a_secret_value() {
         &tiers,
         json!({"apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier", "metadata": {"name": "cold"},
                "spec": {"class": "cold", "backend": {"s3": {
-                   "bucket": "aigc-cold", "endpoint": "http://127.0.0.1:9",
+                   "bucket": "aigc-cold", "endpoint": moto.endpoint(), "forcePathStyle": true,
                    "credentialsSecretRef": {"name": "s3-credentials", "namespace": "default"}}}}}),
     )
     .await;
@@ -421,13 +452,12 @@ async fn debug_logs_never_contain_a_secret_value() {
             .next()
     })
     .await;
-    wait_for("the S3 tier's status", || async {
-        tiers
-            .get("cold")
-            .await
-            .ok()?
-            .status
-            .filter(|s| !s.conditions.is_empty())
+    wait_for("the S3 tier Ready", || async {
+        tiers.get("cold").await.ok()?.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == aigc_crds::ConditionStatus::True)
+        })
     })
     .await;
     let status = operator.terminate().await;
@@ -440,7 +470,16 @@ async fn debug_logs_never_contain_a_secret_value() {
     );
     let deployment = serde_json::to_string(&deployment).unwrap();
     for secret in [ACCESS_KEY, SECRET_KEY, API_KEY] {
-        assert!(!logs.contains(secret), "a secret value appears in the logs");
+        let leaks: Vec<String> = logs
+            .lines()
+            .filter(|line| line.contains(secret))
+            .map(|line| line.replace(secret, "<SECRET>"))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "a secret value appears in the logs:\n{}",
+            leaks.join("\n")
+        );
         // Nor base64-encoded, as Secret data travels.
         let encoded = k8s_openapi::ByteString(secret.as_bytes().to_vec());
         let encoded = serde_json::to_value(&encoded).unwrap();

@@ -10,6 +10,7 @@ use aigc_crds::training_job::{TrainingJob, TrainingJobPhase};
 use aigc_crds::{Dataset, InferenceService, Model, StorageTier};
 use aigc_local_cluster::{Config, LocalCluster};
 use aigc_operator::controllers::{self, Context, ControllerConfig};
+use aigc_operator::metrics::Metrics;
 use aigc_operator::scheduler::SchedulerConfig;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -29,6 +30,8 @@ struct Env {
     cluster: LocalCluster,
     client: Client,
     operator: Option<JoinHandle<()>>,
+    /// The running operator's metrics.
+    metrics: Metrics,
     config: SchedulerConfig,
     dir: tempfile::TempDir,
 }
@@ -61,6 +64,7 @@ impl Env {
             cluster,
             client,
             operator: None,
+            metrics: Metrics::new(),
             config,
             dir,
         };
@@ -84,6 +88,7 @@ impl Env {
             ..ControllerConfig::default()
         };
         let ctx = Context::new(self.client.clone(), config);
+        self.metrics = ctx.metrics.clone();
         self.operator = Some(tokio::spawn(async move {
             tokio::join!(
                 controllers::training_job::run(ctx.clone()),
@@ -215,6 +220,22 @@ impl Env {
             tokio::time::timeout(WAIT, await_condition(api, name, conditions::is_deleted("")))
                 .await;
         assert!(waited.is_ok(), "{name} was never deleted");
+    }
+
+    /// Wait until the `/metrics` page shows `value` for `sample` (its name and labels).
+    async fn wait_metric(&self, sample: &str, value: u64) {
+        let expected = format!("{sample} {value}\n");
+        let shown = tokio::time::timeout(WAIT, async {
+            while !self.metrics.render().contains(&expected) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            shown.is_ok(),
+            "/metrics never showed {expected:?}:\n{}",
+            self.metrics.render()
+        );
     }
 
     async fn job(&self, name: &str) -> TrainingJob {
@@ -706,11 +727,37 @@ async fn a_job_over_its_queue_quota_waits_and_says_why() {
         message.contains("queue gpu-team") && message.contains("1/1"),
         "{message}"
     );
+    // The queue's gauges follow every scheduling pass.
+    env.wait_metric("aigc_queue_pending_workloads{queue=\"gpu-team\"}", 1)
+        .await;
+    env.wait_metric("aigc_admitted_workloads{queue=\"gpu-team\"}", 1)
+        .await;
     env.training_job("lost", json!({"queue": "nobody"})).await;
     env.wait_for::<TrainingJob>("lost", "waiting on an unknown queue", |job| {
         admitted_reason(job).as_deref() == Some("UnknownQueue")
     })
     .await;
+    env.wait_metric("aigc_queue_pending_workloads{queue=\"nobody\"}", 1)
+        .await;
+    // The first job ends: the second takes its GPU.
+    env.finish_pod(
+        "first-a1-r0",
+        0,
+        json!({"phase": "Succeeded", "epoch": 3, "epochs": 3, "step": 120, "totalSteps": 120,
+               "trainLoss": 0.1, "model": "file:///tiers/hot/models/default/first-model/1.0.0",
+               "manifestDigest": "sha256:abc"}),
+    )
+    .await;
+    env.wait_for::<TrainingJob>("first", "Succeeded", |job| {
+        phase(job) == Some(TrainingJobPhase::Succeeded)
+    })
+    .await;
+    env.wait_for::<Pod>("second-a1-r0", "created", |_| true)
+        .await;
+    env.wait_metric("aigc_queue_pending_workloads{queue=\"gpu-team\"}", 0)
+        .await;
+    env.wait_metric("aigc_admitted_workloads{queue=\"gpu-team\"}", 1)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

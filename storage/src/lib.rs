@@ -18,7 +18,7 @@ pub use aigc_crds as crds;
 pub use location::Location;
 pub use manifest::{MANIFEST_KEY, Manifest, ManifestEntry, check_key};
 pub use migration::{MigrationPlan, MigrationReport, Progress, plan_migration};
-pub use s3::{S3Config, S3Credentials};
+pub use s3::{S3Config, S3Credentials, S3Tier, Usage};
 pub use tier::{ObjectMeta, ObjectReader, RestoreState, Tier};
 
 /// Errors from this crate.
@@ -96,6 +96,15 @@ pub enum Error {
         storage_class: String,
         /// Whether this call requested the restore or one was already in progress.
         state: RestoreState,
+    },
+    /// A backend that could not be reached at all: no answer, so nothing about the bucket or
+    /// the credentials is known yet.
+    #[error("cannot reach {endpoint}: {detail}")]
+    Unreachable {
+        /// The endpoint URL.
+        endpoint: String,
+        /// Why the request got no answer.
+        detail: String,
     },
     /// An I/O error on a filesystem tier.
     #[error("{op} {path}: {source}")]

@@ -91,6 +91,17 @@ impl fmt::Debug for S3Credentials {
     }
 }
 
+/// What a bounded listing of an S3 tier added up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in the objects listed.
+    pub bytes: u64,
+    /// Objects listed.
+    pub objects: u64,
+    /// Whether the listing reached the end; when false, `bytes` and `objects` are lower bounds.
+    pub complete: bool,
+}
+
 /// A bucket and key prefix.
 #[derive(Clone, Debug)]
 pub struct S3Tier {
@@ -214,6 +225,76 @@ impl S3Tier {
                     format!("{code}: {detail}")
                 },
             },
+        }
+    }
+
+    /// Check that the bucket exists and that the credentials may use it (HeadBucket).
+    pub async fn head_bucket(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            // HEAD answers carry no body, so no error code: the status says it.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(Error::TierNotFound {
+                    tier: self.uri(),
+                    detail: format!("bucket {:?} does not exist", self.bucket),
+                })
+            }
+            Err(e) => Err(self.probe_error("HeadBucket", e)),
+        }
+    }
+
+    /// Add up the objects under the tier's prefix, listing at most `max_pages` pages of
+    /// `page_size` keys, so that a huge bucket bounds the work; [`Usage::complete`] says
+    /// whether the listing reached the end.
+    pub async fn usage(&self, page_size: i32, max_pages: usize) -> Result<Usage> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(page_size)
+            .into_paginator()
+            .send();
+        let mut usage = Usage {
+            bytes: 0,
+            objects: 0,
+            complete: true,
+        };
+        let mut listed = 0;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.probe_error("ListObjectsV2", e))?;
+            for object in page.contents() {
+                // Folder markers written by consoles hold no data.
+                if object.key().is_none_or(|key| key.ends_with('/')) {
+                    continue;
+                }
+                usage.objects += 1;
+                usage.bytes += object.size().unwrap_or_default().max(0) as u64;
+            }
+            listed += 1;
+            if listed == max_pages && page.is_truncated().unwrap_or(false) {
+                usage.complete = false;
+                break;
+            }
+        }
+        Ok(usage)
+    }
+
+    /// Like [`S3Tier::error`], but a request that never got an answer (connection refused,
+    /// DNS, TLS, timeouts) is [`Error::Unreachable`].
+    fn probe_error<E>(&self, op: &'static str, err: SdkError<E>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match &err {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::Unreachable {
+                endpoint: self
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "the AWS S3 endpoint".to_owned()),
+                detail: DisplayErrorContext(&err).to_string(),
+            },
+            _ => self.error(op, None, err),
         }
     }
 

@@ -19,20 +19,65 @@ pub const SECRET_KEY: &str = "aigc-test-secret";
 pub struct MotoServer {
     child: Child,
     port: u16,
+    access_key: String,
+    secret_key: String,
 }
+
+/// Creates an IAM user allowed everything on S3 and prints its access key and secret key,
+/// one per line. Run against a server that checks credentials only after these three
+/// requests (`INITIAL_NO_AUTH_ACTION_COUNT=3`).
+const CREATE_USER: &str = r#"
+import json, sys, boto3
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+iam.create_user(UserName="aigc-test")
+key = iam.create_access_key(UserName="aigc-test")["AccessKey"]
+iam.put_user_policy(UserName="aigc-test", PolicyName="s3", PolicyDocument=json.dumps(
+    {"Version": "2012-10-17",
+     "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+print(key["AccessKeyId"])
+print(key["SecretAccessKey"])
+"#;
 
 impl MotoServer {
     /// Start a server that accepts any credentials.
     pub fn start() -> Result<Self, String> {
-        Self::spawn(false)
+        Self::spawn(None)
     }
 
     /// Start a server that checks credentials; it knows none, so every request is denied.
     pub fn start_with_auth() -> Result<Self, String> {
-        Self::spawn(true)
+        Self::spawn(Some(0))
     }
 
-    fn spawn(auth: bool) -> Result<Self, String> {
+    /// Start a server that checks credentials and knows one user, allowed everything on S3,
+    /// whose keys [`MotoServer::access_key`] and [`MotoServer::secret_key`] return (and
+    /// [`MotoServer::config`] and [`MotoServer::client`] use). Any other keys are refused.
+    pub fn start_with_user() -> Result<Self, String> {
+        let mut server = Self::spawn(Some(3))?;
+        let output = Command::new("python3")
+            .args(["-c", CREATE_USER, &server.endpoint()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run python3 ({e}); run scripts/install-test-deps.sh"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut lines = stdout.lines();
+        match (output.status.success(), lines.next(), lines.next()) {
+            (true, Some(access), Some(secret)) => {
+                server.access_key = access.to_owned();
+                server.secret_key = secret.to_owned();
+                Ok(server)
+            }
+            _ => Err(format!(
+                "creating a moto IAM user failed ({}): {}\nboto3 comes with moto[server]; run scripts/install-test-deps.sh",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+        }
+    }
+
+    /// `auth_after`: check credentials after this many requests; never when `None`.
+    fn spawn(auth_after: Option<u32>) -> Result<Self, String> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free loopback port: {e}"))?
@@ -50,8 +95,8 @@ impl MotoServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if auth {
-            command.env("INITIAL_NO_AUTH_ACTION_COUNT", "0");
+        if let Some(count) = auth_after {
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", count.to_string());
         }
         let mut child = command.spawn().map_err(|e| {
             format!("cannot run python3 -m moto.server ({e}); run scripts/install-test-deps.sh")
@@ -72,7 +117,12 @@ impl MotoServer {
             if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
                 // Nobody reads its log from here on; don't let a full pipe block it.
                 child.stderr.take();
-                return Ok(MotoServer { child, port });
+                return Ok(MotoServer {
+                    child,
+                    port,
+                    access_key: ACCESS_KEY.to_owned(),
+                    secret_key: SECRET_KEY.to_owned(),
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -89,14 +139,24 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The access key id [`MotoServer::config`] uses.
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    /// The secret key [`MotoServer::config`] uses.
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
     /// An [`S3Config`] for this server with the harness's static credentials.
     pub fn config(&self, storage_class: Option<S3StorageClass>) -> S3Config {
         S3Config {
             endpoint: Some(self.endpoint()),
             force_path_style: true,
             credentials: S3Credentials::Static {
-                access_key_id: ACCESS_KEY.into(),
-                secret_access_key: SECRET_KEY.into(),
+                access_key_id: self.access_key.clone(),
+                secret_access_key: self.secret_key.clone(),
                 session_token: None,
             },
             storage_class,
@@ -110,7 +170,11 @@ impl MotoServer {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                ACCESS_KEY, SECRET_KEY, None, None, "test",
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
             ))
             .load()
             .await;

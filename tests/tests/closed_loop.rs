@@ -286,16 +286,22 @@ fn the_quickstart_closes_the_loop() {
             .then_some(())
     });
 
-    // The archive tier on the real S3 server is there (probing S3 tiers is not built yet).
-    assert!(run.get("storagetier", "archive").is_some());
-    run.wait_for("StorageTier hot Ready", |l| {
-        let conditions = l.field("storagetier", "hot", &["status", "conditions"])?;
-        conditions
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            .then_some(())
-    });
+    // The archive tier on the real S3 server is probed with its Secret's keys.
+    for tier in ["hot", "archive"] {
+        run.wait_for(&format!("StorageTier {tier} Ready"), |l| {
+            let conditions = l.field("storagetier", tier, &["status", "conditions"])?;
+            conditions
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        });
+    }
+    assert!(
+        run.field("storagetier", "archive", &["status", "objectCount"])
+            .is_some(),
+        "the archive tier reports its object count"
+    );
 
     let dataset = run.wait_phase("dataset", "breast-cancer", "Ready");
     let rows = dataset["status"]["rows"].as_u64().expect("status.rows");

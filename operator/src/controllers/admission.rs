@@ -17,7 +17,7 @@
 //! Every status write carries the resourceVersion the decision was made from; a conflict
 //! skips that decision until the next pass.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::ready;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -404,6 +404,39 @@ pub fn scheduling_input(
     }
 }
 
+/// Workloads per queue as `/metrics` shows them: `(pending, admitted)` for every configured
+/// queue (zeros when idle) and for any other queue a workload names. Pending: waiting for
+/// admission; admitted: holding a placement (a TrainingJob admitted or running, an
+/// InferenceService with placed replicas; one that also waits for more replicas counts in
+/// both).
+pub fn queue_depths(
+    observed: Observed<'_>,
+    input: &SchedulingInput,
+    config: &SchedulerConfig,
+) -> BTreeMap<String, (u64, u64)> {
+    let mut depths: BTreeMap<String, (u64, u64)> = config
+        .effective_queues()
+        .into_iter()
+        .map(|queue| (queue.name, (0, 0)))
+        .collect();
+    for workload in &input.pending {
+        depths.entry(workload.queue.clone()).or_default().0 += 1;
+    }
+    let live = |meta: &kube::api::ObjectMeta| meta.deletion_timestamp.is_none();
+    for job in observed.jobs {
+        if live(job.meta()) && training_placement(job).is_some() {
+            depths.entry(job.spec.queue.clone()).or_default().1 += 1;
+        }
+    }
+    for service in observed.services {
+        if live(service.meta()) && inference_placement(service).is_some() {
+            let queue = config.queue_for_namespace(&service.namespace().unwrap_or_default());
+            depths.entry(queue).or_default().1 += 1;
+        }
+    }
+    depths
+}
+
 fn rfc3339(time: SystemTime) -> String {
     DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -712,6 +745,8 @@ async fn pass(
     let config = &ctx.config.scheduler;
     let now = SystemTime::now();
     let input = scheduling_input(observed, config, now);
+    ctx.metrics
+        .set_queues(queue_depths(observed, &input, config));
     for problem in &input.skipped {
         tracing::warn!(problem, "left out of the scheduler's snapshot");
     }
@@ -1175,6 +1210,50 @@ mod tests {
             &SchedulerConfig::default(),
             SystemTime::from(now()),
         )
+    }
+
+    #[test]
+    fn queue_depths_count_waiting_and_admitted_workloads_per_queue() {
+        let admitted = job(
+            "running",
+            TrainingJobPhase::Running,
+            Some(("local-gpu", Accelerator::Gpu)),
+        );
+        let queued = job("queued", TrainingJobPhase::Queued, None);
+        let done = job(
+            "done",
+            TrainingJobPhase::Succeeded,
+            Some(("local-gpu", Accelerator::Gpu)),
+        );
+        // One replica placed, a second one waiting.
+        let growing = service(2, &["local-gpu"]);
+        let jobs = [admitted, queued, done];
+        let services = [growing];
+        let nodes = [node("local-cpu", 0), node("local-gpu", 2)];
+        let models = [model(true)];
+        let observed = Observed {
+            nodes: &nodes,
+            pods: &[],
+            jobs: &jobs,
+            services: &services,
+            models: &models,
+        };
+        let config = SchedulerConfig::default();
+        let input = scheduling_input(observed, &config, SystemTime::from(now()));
+        assert_eq!(
+            queue_depths(observed, &input, &config),
+            BTreeMap::from([("default".to_owned(), (2, 2))])
+        );
+        let empty = Observed {
+            jobs: &[],
+            services: &[],
+            ..observed
+        };
+        let idle = scheduling_input(empty, &config, SystemTime::from(now()));
+        assert_eq!(
+            queue_depths(empty, &idle, &config),
+            BTreeMap::from([("default".to_owned(), (0, 0))])
+        );
     }
 
     #[test]

@@ -44,8 +44,8 @@ use crate::controllers::worker_job::{
     spec_hash, worker_job,
 };
 use crate::controllers::{
-    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, publish,
-    remove_finalizer,
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, instrumented,
+    publish, remove_finalizer,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
@@ -496,6 +496,12 @@ pub struct State {
     pub caches: Caches,
 }
 
+impl AsRef<Context> for State {
+    fn as_ref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
 /// Deletion: wait for a move in flight to finish; the owner references remove the Jobs.
 fn cleanup(dataset: &Dataset, state: &State, namespace: &str) -> Result<(), Error> {
     let uid = dataset.uid().unwrap_or_default();
@@ -694,7 +700,7 @@ pub async fn run(ctx: Arc<Context>) {
                 },
             )
             .graceful_shutdown_on(stopped)
-            .run(reconcile, error_policy, state)
+            .run(instrumented("Dataset", reconcile), error_policy, state)
             .for_each(|result| async move {
                 match result {
                     Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),

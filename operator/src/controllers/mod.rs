@@ -7,8 +7,10 @@
 //! Every controller's `run(ctx)` takes three lines from the process around it:
 //! `.graceful_shutdown_on(ctx.stopped())` so it stops when leadership is lost or the process
 //! is asked to stop, `ctx.controller("Kind", api, watcher_config)` instead of
-//! `Controller::new` so `/readyz` waits for its cache, and `.run(instrumented("Kind", reconcile), error_policy, ctx)` so `/metrics`
-//! counts and times its reconciles.
+//! `Controller::new` so `/readyz` waits for its cache, and
+//! `.run(instrumented("Kind", reconcile), error_policy, ctx)` so `/metrics` counts and times
+//! its reconciles (`ctx` may be the [`Context`] or a controller's own state that holds it;
+//! loops that work in passes use [`counted`]).
 
 pub mod admission;
 pub mod cache;
@@ -62,6 +64,9 @@ pub struct ControllerConfig {
     /// How often the tier policy runs when nothing wakes it earlier;
     /// [`tiering::DEFAULT_INTERVAL`] when unset.
     pub tier_policy_interval: Option<std::time::Duration>,
+    /// How often a Ready StorageTier is probed again (a failing one four times as often);
+    /// [`storage_tier::PROBE_INTERVAL`] when unset.
+    pub tier_probe_interval: Option<std::time::Duration>,
 }
 
 /// What every reconcile gets: the client, the configuration, the event recorder, and the
@@ -173,25 +178,44 @@ pub async fn run_all(ctx: Arc<Context>) {
     );
 }
 
-/// `reconcile`, counted and timed per `kind` in `ctx.metrics` (`/metrics`).
-pub fn instrumented<K, E, F, Fut>(
+/// Every controller's shared state leads to the process's [`Context`]: most controllers share
+/// the `Context` itself, others a state holding it beside their own caches.
+impl AsRef<Context> for Context {
+    fn as_ref(&self) -> &Context {
+        self
+    }
+}
+
+/// `reconcile`, counted and timed per `kind` in the context's metrics (`/metrics`), for
+/// controllers whose reconciles share the [`Context`] or a state holding it.
+pub fn instrumented<K, S, E, F, Fut>(
     kind: &'static str,
     reconcile: F,
-) -> impl FnMut(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, E>>
+) -> impl FnMut(Arc<K>, Arc<S>) -> BoxFuture<'static, Result<Action, E>>
 where
-    F: Fn(Arc<K>, Arc<Context>) -> Fut,
+    S: AsRef<Context>,
+    E: 'static,
+    F: Fn(Arc<K>, Arc<S>) -> Fut,
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    move |obj, ctx| {
-        let metrics = ctx.metrics.clone();
-        let started = Instant::now();
-        reconcile(obj, ctx)
-            .map(move |result| {
-                metrics.record_reconcile(kind, started.elapsed(), result.is_ok());
-                result
-            })
-            .boxed()
+    move |obj, state| {
+        let metrics = <S as AsRef<Context>>::as_ref(&state).metrics.clone();
+        counted(metrics, kind, reconcile(obj, state)).boxed()
     }
+}
+
+/// `work`, counted and timed in `metrics` as one reconcile of `kind` that succeeds when
+/// `work` does. For loops that reconcile in passes rather than per object (tier policy).
+pub fn counted<T, E>(
+    metrics: Metrics,
+    kind: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> impl Future<Output = Result<T, E>> {
+    let started = Instant::now();
+    work.map(move |result| {
+        metrics.record_reconcile(kind, started.elapsed(), result.is_ok());
+        result
+    })
 }
 
 /// Create or update `child` by server-side apply, taking ownership of the fields it sets.

@@ -45,8 +45,8 @@ use crate::controllers::worker_job::{
     move_status, spec_hash, worker_job,
 };
 use crate::controllers::{
-    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, publish,
-    remove_finalizer,
+    Context, add_finalizer, apply_child, apply_status, delete_if_present, get_opt, instrumented,
+    publish, remove_finalizer,
 };
 use crate::layout::{StoredKind, TierAccess};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
@@ -487,6 +487,12 @@ pub struct State {
     pub caches: Caches,
 }
 
+impl AsRef<Context> for State {
+    fn as_ref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
 fn is_move(job: &Job) -> bool {
     job.labels().get(ROLE_LABEL).map(String::as_str) == Some(Role::Move.as_str())
 }
@@ -688,7 +694,7 @@ pub async fn run(ctx: Arc<Context>) {
                 },
             )
             .graceful_shutdown_on(stopped)
-            .run(reconcile, error_policy, state)
+            .run(instrumented("Model", reconcile), error_policy, state)
             .for_each(|result| async move {
                 match result {
                     Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),

@@ -36,13 +36,16 @@ use crate::controllers::worker_job::{
     FROM_TIER_ANNOTATION, OWNER_UID_LABEL, ROLE_LABEL, Role, TIER_ANNOTATION, job_name, spec_hash,
     worker_job,
 };
-use crate::controllers::{Context, apply_child, publish};
+use crate::controllers::{Context, apply_child, counted, publish};
 use crate::layout::{StoredKind, TierAccess};
 use crate::tier_policy::{Decision, ItemView, TierView, decide};
 use crate::worker_pod::{WorkerImages, worker_pod_spec};
 
 /// How often the policy runs when nothing wakes it earlier.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The `kind` label under which `/metrics` counts the policy's passes.
+pub const TIER_POLICY: &str = "TierPolicy";
 
 /// Everything the policy looks at, as read from the cluster.
 #[derive(Clone, Debug, Default)]
@@ -528,6 +531,7 @@ async fn publish_on(
 /// Run the policy until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     let interval = ctx.config.tier_policy_interval.unwrap_or(DEFAULT_INTERVAL);
+    ctx.metrics.register_kind(TIER_POLICY);
     let client = ctx.client.clone();
     let training = watcher(
         Api::<TrainingJob>::all(client.clone()),
@@ -559,7 +563,7 @@ pub async fn run(ctx: Arc<Context>) {
             }
             () = &mut stopped => return,
         }
-        match run_once(&ctx, &blocked).await {
+        match counted(ctx.metrics.clone(), TIER_POLICY, run_once(&ctx, &blocked)).await {
             Ok(now_blocked) => blocked = now_blocked,
             Err(error) => tracing::warn!(%error, "tier policy pass failed"),
         }
