@@ -287,3 +287,74 @@ async fn controller_reconciles_a_custom_resource_into_a_config_map() {
     .unwrap();
     controller.abort();
 }
+
+#[tokio::test]
+async fn apply_of_a_partial_body_is_validated_after_the_merge() {
+    let h = Harness::start().await;
+    install_crds(&h).await;
+    let tiers: Api<StorageTier> = Api::all(h.cluster.client());
+    let full = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold"},
+        "spec": {"class": "cold", "backend": {"filesystem": {"path": "/data/cold"}}},
+    });
+    tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("installer"),
+            &Patch::Apply(&full),
+        )
+        .await
+        .unwrap();
+
+    let status = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "status": {"usedBytes": 2048},
+    });
+    let with_status = tiers
+        .patch_status(
+            "cold",
+            &PatchParams::apply("prober"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let status = serde_json::to_value(with_status.status).unwrap();
+    assert_eq!(status["usedBytes"], 2048);
+
+    let partial = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold", "labels": {"team": "data"}},
+    });
+    let labelled = tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("labeller"),
+            &Patch::Apply(&partial),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.labels()["team"], "data");
+    assert_eq!(
+        serde_json::to_value(&labelled.spec).unwrap()["backend"]["filesystem"]["path"],
+        "/data/cold",
+        "the installer's spec stays"
+    );
+
+    let dropped = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold"},
+    });
+    let error = tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("installer"),
+            &Patch::Apply(&dropped),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("spec")),
+        "the installer gave up the spec it alone owned, which the schema requires: {error:?}"
+    );
+}
