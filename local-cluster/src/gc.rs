@@ -3,7 +3,7 @@
 //! are released once their dependents are gone, orphaning owners strip their dependents' owner
 //! references, and terminating namespaces are emptied and then removed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -67,21 +67,34 @@ impl Cluster {
         while std::mem::take(&mut self.gc_pending) {
             let objects = self.all_objects();
             let uids: HashSet<&str> = objects.iter().map(|(_, o)| uid_of(o)).collect();
+            // One pass over all objects builds the owner index, so each object's dependents
+            // are a lookup rather than another pass (the collector is linear, not quadratic).
+            let mut dependents_of: HashMap<&str, Vec<&(Arc<Resource>, Arc<Value>)>> =
+                HashMap::new();
+            for entry in &objects {
+                let mut owners = owner_uids(&entry.1);
+                owners.sort_unstable();
+                owners.dedup();
+                for owner in owners {
+                    dependents_of.entry(owner).or_default().push(entry);
+                }
+            }
             let mut acted = false;
             for (resource, object) in &objects {
                 let current =
                     self.store
                         .get(&resource.key(), namespace_of(object), name_of(object));
-                if current.as_ref().map(|c| c.as_ref()) != Some(object.as_ref()) {
+                if !current
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, object) || c == object)
+                {
                     continue;
                 }
-                let dependents: Vec<&(Arc<Resource>, Arc<Value>)> = objects
-                    .iter()
-                    .filter(|(_, d)| owner_uids(d).contains(&uid_of(object)))
-                    .collect();
+                let dependents: &[&(Arc<Resource>, Arc<Value>)] =
+                    dependents_of.get(uid_of(object)).map_or(&[], Vec::as_slice);
                 let finalizers = finalizers_of(object);
                 if is_deleting(object) && finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
-                    for (dep_resource, dependent) in &dependents {
+                    for (dep_resource, dependent) in dependents.iter().copied() {
                         let mut updated = (**dependent).clone();
                         if let Some(refs) = updated["metadata"]["ownerReferences"].as_array_mut() {
                             refs.retain(|r| r["uid"].as_str() != Some(uid_of(object)));
@@ -102,7 +115,7 @@ impl Cluster {
                         self.drop_finalizer(resource, object, FOREGROUND_FINALIZER);
                         acted = true;
                     } else {
-                        for (dep_resource, dependent) in &dependents {
+                        for (dep_resource, dependent) in dependents.iter().copied() {
                             if !is_deleting(dependent) {
                                 acted = true;
                                 let _ = self.delete(

@@ -112,6 +112,8 @@ pub struct TooOld {
 /// All objects of all resources, plus the change history.
 pub struct Store {
     tables: HashMap<ResourceKey, BTreeMap<ObjectKey, Stored>>,
+    /// Where each stored object with a `metadata.uid` lives, for owner-reference lookups.
+    uids: HashMap<String, (ResourceKey, ObjectKey)>,
     revision: u64,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
@@ -135,6 +137,7 @@ impl Store {
         let (changes, _) = broadcast::channel(history_limit.clamp(1024, 65536));
         Self {
             tables: HashMap::new(),
+            uids: HashMap::new(),
             revision: 1,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
@@ -154,6 +157,30 @@ impl Store {
             .get(resource)?
             .get(&(namespace.to_owned(), name.to_owned()))
             .map(|stored| stored.object.clone())
+    }
+
+    /// The object with this `metadata.uid`.
+    pub fn by_uid(&self, uid: &str) -> Option<&Arc<Value>> {
+        let (resource, key) = self.uids.get(uid)?;
+        Some(&self.tables.get(resource)?.get(key)?.object)
+    }
+
+    fn index_uid(&mut self, resource: &ResourceKey, object: &Value) {
+        if let Some(uid) = object["metadata"]["uid"].as_str() {
+            self.uids
+                .insert(uid.to_owned(), (resource.clone(), object_key(object)));
+        }
+    }
+
+    fn unindex_uid(&mut self, resource: &ResourceKey, object: &Value) {
+        if let Some(uid) = object["metadata"]["uid"].as_str()
+            && self
+                .uids
+                .get(uid)
+                .is_some_and(|(r, k)| r == resource && *k == object_key(object))
+        {
+            self.uids.remove(uid);
+        }
     }
 
     /// Objects of a resource, in key order, optionally in one namespace, starting after `after`.
@@ -228,6 +255,10 @@ impl Store {
             .or_default()
             .insert(object_key(&stored.object), stored.clone())
             .map(|previous| previous.object);
+        if let Some(previous) = &previous {
+            self.unindex_uid(resource, previous);
+        }
+        self.index_uid(resource, &stored.object);
         let kind = if previous.is_some() {
             ChangeKind::Modified
         } else {
@@ -256,6 +287,7 @@ impl Store {
             .get_mut(resource)?
             .remove(&(namespace.to_owned(), name.to_owned()))?
             .object;
+        self.unindex_uid(resource, &previous);
         let revision = self.next_revision();
         let mut last = (*previous).clone();
         Self::stamp(&mut last, revision);
@@ -334,6 +366,7 @@ impl Store {
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(0);
             self.revision = self.revision.max(revision);
+            self.index_uid(&resource, &object);
             self.tables
                 .entry(resource)
                 .or_default()
