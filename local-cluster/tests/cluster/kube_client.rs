@@ -358,3 +358,42 @@ async fn apply_of_a_partial_body_is_validated_after_the_merge() {
         "the installer gave up the spec it alone owned, which the schema requires: {error:?}"
     );
 }
+
+#[tokio::test]
+async fn a_json_patch_test_on_an_absent_path_is_a_422_with_the_cause() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    api.create(&PostParams::default(), &config_map("guarded", "1"))
+        .await
+        .unwrap();
+    let guarded: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/data/absent", "value": "1"},
+        {"op": "replace", "path": "/data/key", "value": "2"},
+    ]))
+    .unwrap();
+    let error = api
+        .patch(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Json::<()>(guarded),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = error else {
+        panic!("an API error, not {error:?}");
+    };
+    assert_eq!(status.code, 422);
+    assert_eq!(status.reason, "Invalid");
+    assert_eq!(
+        status.message,
+        "the server rejected our request due to an error in our request"
+    );
+    let cause = &status.details.expect("details").causes[0];
+    assert_eq!(cause.reason, "UnexpectedServerResponse");
+    assert_eq!(
+        cause.message,
+        "testing value /data/absent failed: test failed"
+    );
+    let unchanged = api.get("guarded").await.unwrap();
+    assert_eq!(unchanged.data.unwrap()["key"], "1");
+}
