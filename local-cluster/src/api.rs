@@ -326,7 +326,12 @@ impl Cluster {
         let invalid = |errors: &[FieldError]| {
             ApiError::invalid(&resource.kind, &resource.group, &name, errors)
         };
-        match schema::admit_custom_resource(schema, &object, UnknownFields::Reject) {
+        match schema::admit_custom_resource(
+            schema,
+            &resource.cel_rules,
+            &object,
+            UnknownFields::Reject,
+        ) {
             Ok(admitted) => Ok((admitted, Vec::new())),
             Err(errors) => {
                 let (unknown, other): (Vec<FieldError>, Vec<FieldError>) =
@@ -344,9 +349,13 @@ impl Cluster {
                         warnings.join(", ")
                     ))),
                     FieldValidation::Warn | FieldValidation::Ignore => {
-                        let admitted =
-                            schema::admit_custom_resource(schema, &object, UnknownFields::Prune)
-                                .map_err(|errors| invalid(&errors))?;
+                        let admitted = schema::admit_custom_resource(
+                            schema,
+                            &resource.cel_rules,
+                            &object,
+                            UnknownFields::Prune,
+                        )
+                        .map_err(|errors| invalid(&errors))?;
                         let warnings = if validation == FieldValidation::Warn {
                             warnings
                         } else {

@@ -84,6 +84,7 @@ struct State {
     revision: u64,
     deadline: Instant,
     next_bookmark: Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     headers_sent: bool,
     done: bool,
 }
@@ -190,11 +191,16 @@ impl State {
             if self.done {
                 return None;
             }
-            let bookmark_at = if self.spec.bookmarks {
+            let wake_at = if self.spec.bookmarks {
                 self.next_bookmark
             } else {
                 self.deadline
             };
+            // One timer for the watch's life, moved only when its target moves: a new timer
+            // per event would cost every watcher a timer-wheel insertion for each change.
+            if self.timer.deadline() != wake_at {
+                self.timer.as_mut().reset(wake_at);
+            }
             tokio::select! {
                 received = self.receiver.recv() => match received {
                     Ok(change) => self.accept(&change),
@@ -215,7 +221,7 @@ impl State {
                         "too old resource version: {revision}: the watch cache was reset"
                     )));
                 }
-                _ = tokio::time::sleep_until(bookmark_at) => {
+                () = self.timer.as_mut() => {
                     if Instant::now() >= self.deadline {
                         return None;
                     }
@@ -238,6 +244,7 @@ pub fn stream(
     let mut state = State {
         deadline: now + spec.timeout,
         next_bookmark: now + spec.bookmark_interval,
+        timer: Box::pin(tokio::time::sleep_until(now + spec.bookmark_interval)),
         key: spec.resource.key(),
         api_version: spec.resource.api_version(),
         spec,
