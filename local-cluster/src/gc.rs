@@ -25,6 +25,9 @@ fn owner_uids(object: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// A stored object with the resource it belongs to.
+type Owned = (Arc<Resource>, Arc<Value>);
+
 const BACKGROUND: DeleteOptions = DeleteOptions {
     propagation: Propagation::Background,
     uid: None,
@@ -39,7 +42,7 @@ impl Cluster {
     }
 
     /// Every stored object with the resource it belongs to.
-    fn all_objects(&self) -> Vec<(Arc<Resource>, Arc<Value>)> {
+    fn all_objects(&self) -> Vec<Owned> {
         let mut all = Vec::new();
         for key in self.store.resources() {
             if let Some(resource) = self.storage_resource(&key) {
@@ -69,8 +72,7 @@ impl Cluster {
             let uids: HashSet<&str> = objects.iter().map(|(_, o)| uid_of(o)).collect();
             // One pass over all objects builds the owner index, so each object's dependents
             // are a lookup rather than another pass (the collector is linear, not quadratic).
-            let mut dependents_of: HashMap<&str, Vec<&(Arc<Resource>, Arc<Value>)>> =
-                HashMap::new();
+            let mut dependents_of: HashMap<&str, Vec<&Owned>> = HashMap::new();
             for entry in &objects {
                 let mut owners = owner_uids(&entry.1);
                 owners.sort_unstable();
@@ -144,7 +146,7 @@ impl Cluster {
                 }
                 if resource.plural == "namespaces" && is_deleting(object) {
                     let namespace = name_of(object);
-                    let contents: Vec<&(Arc<Resource>, Arc<Value>)> = objects
+                    let contents: Vec<&Owned> = objects
                         .iter()
                         .filter(|(r, o)| r.namespaced && namespace_of(o) == namespace)
                         .collect();
