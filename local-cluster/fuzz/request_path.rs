@@ -1,6 +1,7 @@
 //! Arbitrary request lines, headers and bodies through everything the server does with them
 //! short of the socket: routing, query and `Accept` parsing, selectors, body decoding (JSON,
-//! YAML, protobuf), patches, and the create/update verbs with schema admission. Any panic is
+//! YAML, protobuf), patches, and the create/update verbs with schema admission (a custom
+//! resource with a schema and a CEL rule is registered first). Any panic is
 //! a bug: every malformed input must become an API error. Shared by the cargo-fuzz target and
 //! the seed-corpus test in `tests/cluster/request_path.rs`.
 
@@ -8,6 +9,40 @@ use aigc_local_cluster::api::{Cluster, FieldValidation, Part, WriteOptions};
 use aigc_local_cluster::request::{self, Route};
 use aigc_local_cluster::selector::{FieldSelector, LabelSelector};
 use aigc_local_cluster::{patch, protobuf};
+
+/// A custom resource with a schema that exercises admission: required fields, bounds,
+/// patterns, formats, enums with defaults, sets, preserved unknown fields, maps, and a CEL
+/// rule (requests to `/apis/fuzz.dev/v1/namespaces/default/widgets` reach it).
+fn widget_crd() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.fuzz.dev"},
+        "spec": {
+            "group": "fuzz.dev", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {
+                        "type": "object", "required": ["size"],
+                        "x-kubernetes-validations": [{"rule": "!has(self.max) || self.size <= self.max", "message": "size must not exceed max"}],
+                        "properties": {
+                            "size": {"type": "integer", "minimum": 0},
+                            "max": {"type": "integer"},
+                            "name": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 10},
+                            "when": {"type": "string", "format": "date-time"},
+                            "mode": {"type": "string", "enum": ["a", "b"], "default": "a"},
+                            "tags": {"type": "array", "items": {"type": "string"}, "x-kubernetes-list-type": "set"},
+                            "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        },
+                    },
+                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}},
+                }}},
+            }],
+        },
+    })
+}
 
 /// Run one input: `TARGET\nACCEPT\nBODY`.
 pub fn exercise(data: &[u8]) {
@@ -47,6 +82,13 @@ pub fn exercise(data: &[u8]) {
     if let Some(namespaces) = cluster.registry.get("", "v1", "namespaces") {
         let default = serde_json::json!({"metadata": {"name": "default"}});
         let _ = cluster.create(&namespaces, "", default, &options);
+    }
+    if let Some(crds) =
+        cluster
+            .registry
+            .get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    {
+        let _ = cluster.create(&crds, "", widget_crd(), &options);
     }
     let Some(resource) = cluster
         .registry

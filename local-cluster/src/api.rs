@@ -326,7 +326,12 @@ impl Cluster {
         let invalid = |errors: &[FieldError]| {
             ApiError::invalid(&resource.kind, &resource.group, &name, errors)
         };
-        match schema::admit_custom_resource(schema, &object, UnknownFields::Reject) {
+        match schema::admit_custom_resource(
+            schema,
+            &resource.cel_rules,
+            &object,
+            UnknownFields::Reject,
+        ) {
             Ok(admitted) => Ok((admitted, Vec::new())),
             Err(errors) => {
                 let (unknown, other): (Vec<FieldError>, Vec<FieldError>) =
@@ -344,9 +349,13 @@ impl Cluster {
                         warnings.join(", ")
                     ))),
                     FieldValidation::Warn | FieldValidation::Ignore => {
-                        let admitted =
-                            schema::admit_custom_resource(schema, &object, UnknownFields::Prune)
-                                .map_err(|errors| invalid(&errors))?;
+                        let admitted = schema::admit_custom_resource(
+                            schema,
+                            &resource.cel_rules,
+                            &object,
+                            UnknownFields::Prune,
+                        )
+                        .map_err(|errors| invalid(&errors))?;
                         let warnings = if validation == FieldValidation::Warn {
                             warnings
                         } else {
@@ -485,7 +494,7 @@ impl Cluster {
                 created: true,
             });
         }
-        if object["metadata"]["ownerReferences"].is_array() {
+        if self.has_collectable_owners(&object) {
             self.gc_pending = true;
         }
         let stored = self.store.put(&key, object);
@@ -662,6 +671,22 @@ impl Cluster {
         })
     }
 
+    /// Whether an owner of `object` is gone or being deleted, so the garbage collector has
+    /// work on it: delete it, orphan it, or hold a foreground deletion for it. Writes of
+    /// objects whose owners are all alive leave the collector idle.
+    fn has_collectable_owners(&self, object: &Value) -> bool {
+        object["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|owners| {
+                owners.iter().any(|owner| {
+                    owner["uid"]
+                        .as_str()
+                        .and_then(|uid| self.store.by_uid(uid))
+                        .is_none_or(|owner| is_deleting(owner))
+                })
+            })
+    }
+
     /// Store an updated object, or remove it when it is being deleted and no finalizer is left.
     pub fn store_or_finish(
         &mut self,
@@ -678,16 +703,7 @@ impl Cluster {
             self.store.put(&key, object);
             return self.remove(resource, &namespace, &name);
         }
-        // A collection pass is due when an owner may be missing or a deletion may cascade: not
-        // for the many writes (status updates) that leave the owner references as they were.
-        let owners = &object["metadata"]["ownerReferences"];
-        if is_deleting(&object)
-            || (owners.is_array()
-                && self
-                    .store
-                    .get(&key, namespace_of(&object), name_of(&object))
-                    .is_none_or(|previous| previous["metadata"]["ownerReferences"] != *owners))
-        {
+        if is_deleting(&object) || self.has_collectable_owners(&object) {
             self.gc_pending = true;
         }
         let stored = self.store.put(&key, object);
@@ -930,5 +946,44 @@ mod tests {
                 "{name} is removed at once"
             );
         }
+    }
+
+    #[test]
+    fn only_writes_with_a_gone_or_deleting_owner_wake_the_collector() {
+        let (mut cluster, pods) = cluster();
+        let config_maps = cluster.registry.get("", "v1", "configmaps").unwrap();
+        let owner = cluster
+            .create(
+                &config_maps,
+                "default",
+                json!({"metadata": {"name": "owner"}}),
+                &options(),
+            )
+            .unwrap()
+            .object;
+        let owned_by = |uid: &Value| json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]);
+        let dependent = json!({"metadata": {"name": "kept", "ownerReferences": owned_by(&owner["metadata"]["uid"])}});
+        cluster
+            .create(&pods, "default", dependent, &options())
+            .unwrap();
+        assert!(!cluster.gc_pending, "the owner is alive");
+
+        let orphan = json!({"metadata": {"name": "orphan", "ownerReferences": owned_by(&json!("no-such-uid"))}});
+        cluster
+            .create(&pods, "default", orphan, &options())
+            .unwrap();
+        assert!(cluster.gc_pending, "the owner is gone");
+        cluster.collect_garbage();
+        assert!(cluster.get(&pods, "default", "orphan").is_err());
+        assert!(cluster.get(&pods, "default", "kept").is_ok());
+
+        cluster
+            .delete(&config_maps, "default", "owner", &delete(None))
+            .unwrap();
+        cluster.collect_garbage();
+        assert!(
+            cluster.get(&pods, "default", "kept").is_err(),
+            "the owner's deletion collected its dependent"
+        );
     }
 }

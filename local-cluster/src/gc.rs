@@ -25,6 +25,9 @@ fn owner_uids(object: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// A stored object with the resource it belongs to.
+type Owned = (Arc<Resource>, Arc<Value>);
+
 const BACKGROUND: DeleteOptions = DeleteOptions {
     propagation: Propagation::Background,
     uid: None,
@@ -39,7 +42,7 @@ impl Cluster {
     }
 
     /// Every stored object with the resource it belongs to.
-    fn all_objects(&self) -> Vec<(Arc<Resource>, Arc<Value>)> {
+    fn all_objects(&self) -> Vec<Owned> {
         let mut all = Vec::new();
         for key in self.store.resources() {
             if let Some(resource) = self.storage_resource(&key) {
@@ -67,26 +70,30 @@ impl Cluster {
         while std::mem::take(&mut self.gc_pending) {
             let objects = self.all_objects();
             let uids: HashSet<&str> = objects.iter().map(|(_, o)| uid_of(o)).collect();
-            // Owner uid -> its dependents, built once per pass so each lookup is cheap.
-            let mut dependents_of: HashMap<&str, Vec<&(Arc<Resource>, Arc<Value>)>> =
-                HashMap::new();
+            // One pass over all objects builds the owner index, so each object's dependents
+            // are a lookup rather than another pass (the collector is linear, not quadratic).
+            let mut dependents_of: HashMap<&str, Vec<&Owned>> = HashMap::new();
             for entry in &objects {
-                for owner in owner_uids(&entry.1) {
+                let mut owners = owner_uids(&entry.1);
+                owners.sort_unstable();
+                owners.dedup();
+                for owner in owners {
                     dependents_of.entry(owner).or_default().push(entry);
                 }
             }
             let mut acted = false;
             for (resource, object) in &objects {
-                // Skip what an earlier step of this pass changed; the next pass sees it.
                 let current =
                     self.store
                         .get(&resource.key(), namespace_of(object), name_of(object));
-                if !current.is_some_and(|c| Arc::ptr_eq(&c, object)) {
+                if !current
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, object) || c == object)
+                {
                     continue;
                 }
-                let dependents = dependents_of
-                    .get(uid_of(object))
-                    .map_or(&[][..], Vec::as_slice);
+                let dependents: &[&(Arc<Resource>, Arc<Value>)] =
+                    dependents_of.get(uid_of(object)).map_or(&[], Vec::as_slice);
                 let finalizers = finalizers_of(object);
                 if is_deleting(object) && finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
                     for (dep_resource, dependent) in dependents.iter().copied() {
@@ -139,7 +146,7 @@ impl Cluster {
                 }
                 if resource.plural == "namespaces" && is_deleting(object) {
                     let namespace = name_of(object);
-                    let contents: Vec<&(Arc<Resource>, Arc<Value>)> = objects
+                    let contents: Vec<&Owned> = objects
                         .iter()
                         .filter(|(r, o)| r.namespaced && namespace_of(o) == namespace)
                         .collect();

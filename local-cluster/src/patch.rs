@@ -48,12 +48,74 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
     let operations: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let mut patched = target.clone();
-    json_patch::patch(&mut patched, &operations).map_err(|e| {
-        ApiError::new_unprocessable(format!(
-            "the server rejected our request due to an error in our request: {e}"
-        ))
-    })?;
+    for operation in operations.0 {
+        match operation {
+            json_patch::PatchOperation::Test(test) => {
+                test_operation(&patched, test.path.as_str(), &test.value)
+                    .map_err(ApiError::patch_not_applicable)?;
+            }
+            operation => json_patch::patch(&mut patched, &[operation])
+                .map_err(|e| ApiError::patch_not_applicable(e.to_string()))?,
+        }
+    }
     Ok(patched)
+}
+
+/// A JSON patch `test`, judged as the API server's patch library judges it: a missing parent
+/// fails as "does not apply"; a missing member passes only for a `null` value (and a present
+/// one never matches `null`); array indexes out of range are errors.
+fn test_operation(document: &Value, path: &str, value: &Value) -> Result<(), String> {
+    let failed = || format!("testing value {path} failed: test failed");
+    if path.is_empty() {
+        return if document == value {
+            Ok(())
+        } else {
+            Err(failed())
+        };
+    }
+    let not_applicable =
+        || format!("test operation does not apply: is missing path: {path}: missing value");
+    let Some(tokens) = path.strip_prefix('/') else {
+        return Err(not_applicable());
+    };
+    let mut tokens: Vec<String> = tokens
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let key = tokens.pop().unwrap_or_default();
+    let mut parent = document;
+    for token in &tokens {
+        let next = match parent {
+            Value::Object(map) => map.get(token),
+            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        };
+        parent = match next {
+            Some(next @ (Value::Object(_) | Value::Array(_))) => next,
+            _ => return Err(not_applicable()),
+        };
+    }
+    let found = match parent {
+        Value::Object(map) => map.get(&key),
+        Value::Array(items) => {
+            let index = key
+                .parse::<i64>()
+                .map_err(|e| format!("error in test for path: '{path}': {e}"))?;
+            let item = usize::try_from(index).ok().and_then(|i| items.get(i));
+            if item.is_none() {
+                return Err(format!(
+                    "error in test for path: '{path}': Unable to access invalid index: {index}: invalid index referenced"
+                ));
+            }
+            item
+        }
+        _ => return Err(not_applicable()),
+    };
+    match found {
+        None | Some(Value::Null) if value.is_null() => Ok(()),
+        Some(found) if !value.is_null() && found == value => Ok(()),
+        _ => Err(failed()),
+    }
 }
 
 /// Apply a JSON merge patch.
@@ -238,6 +300,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(removed["metadata"]["finalizers"], json!(["b", "c"]));
+    }
+
+    #[test]
+    fn a_test_on_an_absent_path_fails_like_the_api_server() {
+        let object = json!({"spec": {"class": "hot", "tags": ["a"]}});
+        let cause = |patch: Value| {
+            let error = json_patch(&object, &patch).unwrap_err();
+            assert_eq!(error.code, 422);
+            assert_eq!(error.reason, "Invalid");
+            assert_eq!(
+                error.message,
+                "the server rejected our request due to an error in our request"
+            );
+            let details = error.details.unwrap();
+            assert_eq!(details["causes"][0]["reason"], "UnexpectedServerResponse");
+            details["causes"][0]["message"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            cause(json!([{"op": "test", "path": "/spec/size", "value": 1}])),
+            "testing value /spec/size failed: test failed"
+        );
+        assert_eq!(
+            cause(json!([{"op": "test", "path": "/status/phase", "value": "Ready"}])),
+            "test operation does not apply: is missing path: /status/phase: missing value"
+        );
+        assert_eq!(
+            cause(json!([{"op": "test", "path": "/spec/tags/3", "value": "a"}])),
+            "error in test for path: '/spec/tags/3': Unable to access invalid index: 3: invalid index referenced"
+        );
+        assert_eq!(
+            cause(json!([{"op": "test", "path": "/spec/class", "value": null}])),
+            "testing value /spec/class failed: test failed"
+        );
+        let absent_is_null = json!([
+            {"op": "test", "path": "/spec/size", "value": null},
+            {"op": "add", "path": "/spec/size", "value": 2},
+            {"op": "test", "path": "/spec/size", "value": 2},
+        ]);
+        assert_eq!(
+            json_patch(&object, &absent_is_null).unwrap()["spec"]["size"],
+            2
+        );
     }
 
     #[test]

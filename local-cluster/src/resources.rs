@@ -64,6 +64,8 @@ pub struct Resource {
     pub scale: Option<ScalePaths>,
     /// The CRD's `openAPIV3Schema` for this version; `None` for built-ins.
     pub schema: Option<Value>,
+    /// The schema's CEL rules, compiled.
+    pub cel_rules: crate::schema::CelRules,
     /// Extra columns for `kubectl get`.
     pub printer_columns: Vec<PrinterColumn>,
     /// Whether `metadata.generation` tracks spec changes.
@@ -309,6 +311,7 @@ impl From<&Builtin> for Resource {
                 label_selector: None,
             }),
             schema: None,
+            cel_rules: crate::schema::CelRules::default(),
             printer_columns: Vec::new(),
             tracks_generation: b.generation,
             builtin: true,
@@ -513,6 +516,7 @@ pub fn resources_of_crd(crd: &Value) -> Result<Vec<Resource>, ApiError> {
             categories: strings_at(crd, "/spec/names/categories"),
             status_subresource: version.pointer("/subresources/status").is_some(),
             scale,
+            cel_rules: crate::schema::CelRules::compile(version.pointer("/schema/openAPIV3Schema")),
             schema: version.pointer("/schema/openAPIV3Schema").cloned(),
             printer_columns,
             tracks_generation: true,

@@ -28,6 +28,7 @@ use crate::request::{self, Representation, ResourcePath, Route};
 use crate::resources::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, Subject};
+use crate::store::{Stored, encode};
 use crate::table::{IncludeObject, table};
 use crate::{discovery, openapi, watch as watches};
 
@@ -137,7 +138,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<Body> {
-    let mut response = Response::new(full(value.to_string()));
+    let mut response = Response::new(full(encode(value)));
     *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     response
         .headers_mut()
@@ -159,28 +160,28 @@ fn json_bytes_response(body: Vec<u8>) -> Response<Body> {
     response
 }
 
-/// A list response serialized straight from the stored objects, without copying them.
-fn list_json(resource: &Resource, metadata: &Value, items: &[Arc<Value>]) -> Vec<u8> {
+/// A list response spliced from the stored objects' cached encodings; only objects stored
+/// under another version are serialized here.
+fn list_json(resource: &Resource, metadata: &Value, items: &[Stored]) -> Vec<u8> {
     let api_version = resource.api_version();
-    let mut out = Vec::with_capacity(256 + items.len() * 1024);
+    let size: usize = items.iter().map(|s| s.encoded().len() + 1).sum();
+    let mut out = Vec::with_capacity(256 + size);
     out.extend_from_slice(b"{\"kind\":");
-    out.extend_from_slice(json!(resource.list_kind).to_string().as_bytes());
+    out.extend_from_slice(&encode(&json!(resource.list_kind)));
     out.extend_from_slice(b",\"apiVersion\":");
-    out.extend_from_slice(json!(api_version).to_string().as_bytes());
+    out.extend_from_slice(&encode(&json!(api_version)));
     out.extend_from_slice(b",\"metadata\":");
-    out.extend_from_slice(metadata.to_string().as_bytes());
+    out.extend_from_slice(&encode(metadata));
     out.extend_from_slice(b",\"items\":[");
-    for (i, object) in items.iter().enumerate() {
+    for (i, stored) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        // `Value`'s own Display keeps serialization in serde_json's (optimized) code.
-        let text = if object["apiVersion"].as_str() == Some(api_version.as_str()) {
-            object.to_string()
+        if stored.object()["apiVersion"].as_str() == Some(api_version.as_str()) {
+            out.extend_from_slice(stored.encoded());
         } else {
-            crate::api::present(resource, object).to_string()
-        };
-        out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(&encode(&crate::api::present(resource, stored.object())));
+        }
     }
     out.extend_from_slice(b"]}");
     out
@@ -660,9 +661,9 @@ impl Call {
             let namespace = self.path.namespace.as_deref();
             let mut matching = cluster
                 .store
-                .list(&key, namespace, after.as_ref())
-                .filter(|o| labels.matches(o) && fields.matches(o));
-            let mut items: Vec<Arc<Value>> = Vec::new();
+                .list_stored(&key, namespace, after.as_ref())
+                .filter(|s| labels.matches(s.object()) && fields.matches(s.object()));
+            let mut items: Vec<Stored> = Vec::new();
             let mut more = false;
             for object in matching.by_ref() {
                 if limit.is_some_and(|l| items.len() >= l) {
@@ -674,11 +675,20 @@ impl Call {
             let mut metadata = json!({"resourceVersion": revision.to_string()});
             if more && let Some(last) = items.last() {
                 let remaining = 1 + matching.count();
-                metadata["continue"] = json!(encode_continue(&crate::store::object_key(last)));
+                metadata["continue"] =
+                    json!(encode_continue(&crate::store::object_key(last.object())));
                 metadata["remainingItemCount"] = json!(remaining);
             }
             (items, metadata)
         };
+        if self.representation == Representation::Json {
+            return Ok(json_bytes_response(list_json(
+                &self.resource,
+                &metadata,
+                &items,
+            )));
+        }
+        let items: Vec<Arc<Value>> = items.into_iter().map(|s| s.object().clone()).collect();
         let body = match self.representation {
             Representation::Table => table(
                 &self.resource,
@@ -694,14 +704,7 @@ impl Call {
                     .collect();
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items})
             }
-            Representation::Json => {
-                return Ok(json_bytes_response(list_json(
-                    &self.resource,
-                    &metadata,
-                    &items,
-                )));
-            }
-            Representation::Yaml => {
+            Representation::Json | Representation::Yaml => {
                 let items: Vec<Value> = items
                     .iter()
                     .map(|o| crate::api::present(&self.resource, o))
@@ -746,9 +749,9 @@ impl Call {
                     .store
                     .watch_from(cluster.store.revision())
                     .map_err(|_| ApiError::internal("the watch history is unavailable"))?;
-                let objects: Vec<Arc<Value>> = cluster
+                let objects: Vec<Stored> = cluster
                     .store
-                    .list(&key, self.path.namespace.as_deref(), None)
+                    .list_stored(&key, self.path.namespace.as_deref(), None)
                     .cloned()
                     .collect();
                 (
@@ -768,9 +771,9 @@ impl Call {
                 match cluster.store.watch_from(revision) {
                     Ok((changes, receiver)) if send_initial => {
                         drop(changes);
-                        let objects: Vec<Arc<Value>> = cluster
+                        let objects: Vec<Stored> = cluster
                             .store
-                            .list(&key, self.path.namespace.as_deref(), None)
+                            .list_stored(&key, self.path.namespace.as_deref(), None)
                             .cloned()
                             .collect();
                         (

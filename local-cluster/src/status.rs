@@ -258,8 +258,18 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 impl ApiError {
-    /// 422 for a patch that cannot be applied to the object.
-    pub fn new_unprocessable(message: impl Into<String>) -> Self {
-        Self::new(422, "Invalid", message)
+    /// 422 for a JSON patch that cannot be applied to the object. The API server answers
+    /// these with a generic message and the patch library's own words as the one cause.
+    pub fn patch_not_applicable(cause: impl Into<String>) -> Self {
+        let mut error = Self::new(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        );
+        error.details = Some(json!({"causes": [{
+            "reason": "UnexpectedServerResponse",
+            "message": cause.into(),
+        }]}));
+        error
     }
 }

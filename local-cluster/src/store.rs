@@ -3,8 +3,9 @@
 //! live in [`crate::api`], never here.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -48,15 +49,53 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the write, for selector transitions.
     pub previous: Option<Arc<Value>>,
-    /// `object` serialized once, shared by every watcher that sends it unchanged.
-    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+    /// `object` serialized once, shared by every watcher that sends it unchanged and, while
+    /// the object is current, by every list that includes it.
+    pub encoded: Arc<OnceLock<Bytes>>,
 }
 
 impl Change {
     /// The object as JSON bytes, serialized on first use.
-    pub fn encoded(&self) -> &bytes::Bytes {
-        self.encoded
-            .get_or_init(|| bytes::Bytes::from(self.object.to_string()))
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded.get_or_init(|| encode(&self.object))
+    }
+}
+
+/// An object as JSON bytes.
+pub fn encode(object: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(1024);
+    // Writing a `Value` into memory cannot fail (its map keys are strings); Display is the
+    // infallible route should that ever change.
+    if serde_json::to_writer(&mut out, object).is_err() {
+        out = object.to_string().into_bytes();
+    }
+    Bytes::from(out)
+}
+
+/// A stored object with its JSON encoding, computed the first time a list or watch sends it
+/// and kept until the object changes, so reading the same objects again costs no serialization.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    object: Arc<Value>,
+    encoded: Arc<OnceLock<Bytes>>,
+}
+
+impl Stored {
+    fn new(object: Arc<Value>) -> Self {
+        Self {
+            object,
+            encoded: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The object.
+    pub fn object(&self) -> &Arc<Value> {
+        &self.object
+    }
+
+    /// The object as JSON bytes.
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded.get_or_init(|| encode(&self.object))
     }
 }
 
@@ -72,7 +111,9 @@ pub struct TooOld {
 
 /// All objects of all resources, plus the change history.
 pub struct Store {
-    tables: HashMap<ResourceKey, BTreeMap<ObjectKey, Arc<Value>>>,
+    tables: HashMap<ResourceKey, BTreeMap<ObjectKey, Stored>>,
+    /// Where each stored object with a `metadata.uid` lives, for owner-reference lookups.
+    uids: HashMap<String, (ResourceKey, ObjectKey)>,
     revision: u64,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
@@ -96,6 +137,7 @@ impl Store {
         let (changes, _) = broadcast::channel(history_limit.clamp(1024, 65536));
         Self {
             tables: HashMap::new(),
+            uids: HashMap::new(),
             revision: 1,
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
@@ -114,7 +156,31 @@ impl Store {
         self.tables
             .get(resource)?
             .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+            .map(|stored| stored.object.clone())
+    }
+
+    /// The object with this `metadata.uid`.
+    pub fn by_uid(&self, uid: &str) -> Option<&Arc<Value>> {
+        let (resource, key) = self.uids.get(uid)?;
+        Some(&self.tables.get(resource)?.get(key)?.object)
+    }
+
+    fn index_uid(&mut self, resource: &ResourceKey, object: &Value) {
+        if let Some(uid) = object["metadata"]["uid"].as_str() {
+            self.uids
+                .insert(uid.to_owned(), (resource.clone(), object_key(object)));
+        }
+    }
+
+    fn unindex_uid(&mut self, resource: &ResourceKey, object: &Value) {
+        if let Some(uid) = object["metadata"]["uid"].as_str()
+            && self
+                .uids
+                .get(uid)
+                .is_some_and(|(r, k)| r == resource && *k == object_key(object))
+        {
+            self.uids.remove(uid);
+        }
     }
 
     /// Objects of a resource, in key order, optionally in one namespace, starting after `after`.
@@ -124,6 +190,17 @@ impl Store {
         namespace: Option<&'a str>,
         after: Option<&'a ObjectKey>,
     ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
+        self.list_stored(resource, namespace, after)
+            .map(|stored| &stored.object)
+    }
+
+    /// Like [`Store::list`], with each object's cached encoding.
+    pub fn list_stored<'a>(
+        &'a self,
+        resource: &ResourceKey,
+        namespace: Option<&'a str>,
+        after: Option<&'a ObjectKey>,
+    ) -> impl Iterator<Item = &'a Stored> + 'a {
         use std::ops::Bound;
         let lower = match after {
             Some(key) => Bound::Excluded(key.clone()),
@@ -171,12 +248,17 @@ impl Store {
     pub fn put(&mut self, resource: &ResourceKey, mut object: Value) -> Arc<Value> {
         let revision = self.next_revision();
         Self::stamp(&mut object, revision);
-        let object = Arc::new(object);
+        let stored = Stored::new(Arc::new(object));
         let previous = self
             .tables
             .entry(resource.clone())
             .or_default()
-            .insert(object_key(&object), object.clone());
+            .insert(object_key(&stored.object), stored.clone())
+            .map(|previous| previous.object);
+        if let Some(previous) = &previous {
+            self.unindex_uid(resource, previous);
+        }
+        self.index_uid(resource, &stored.object);
         let kind = if previous.is_some() {
             ChangeKind::Modified
         } else {
@@ -186,11 +268,11 @@ impl Store {
             revision,
             resource: resource.clone(),
             kind,
-            object: object.clone(),
+            object: stored.object.clone(),
             previous,
-            encoded: std::sync::OnceLock::new(),
+            encoded: stored.encoded,
         });
-        object
+        stored.object
     }
 
     /// Remove an object; the returned final state carries the deletion's resourceVersion.
@@ -203,7 +285,9 @@ impl Store {
         let previous = self
             .tables
             .get_mut(resource)?
-            .remove(&(namespace.to_owned(), name.to_owned()))?;
+            .remove(&(namespace.to_owned(), name.to_owned()))?
+            .object;
+        self.unindex_uid(resource, &previous);
         let revision = self.next_revision();
         let mut last = (*previous).clone();
         Self::stamp(&mut last, revision);
@@ -214,7 +298,7 @@ impl Store {
             kind: ChangeKind::Deleted,
             object: last.clone(),
             previous: Some(previous),
-            encoded: std::sync::OnceLock::new(),
+            encoded: Arc::new(OnceLock::new()),
         });
         Some(last)
     }
@@ -270,7 +354,7 @@ impl Store {
     pub fn snapshot(&self) -> Vec<(ResourceKey, Arc<Value>)> {
         self.tables
             .iter()
-            .flat_map(|(k, t)| t.values().map(move |o| (k.clone(), o.clone())))
+            .flat_map(|(k, t)| t.values().map(move |o| (k.clone(), o.object.clone())))
             .collect()
     }
 
@@ -282,10 +366,11 @@ impl Store {
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(0);
             self.revision = self.revision.max(revision);
+            self.index_uid(&resource, &object);
             self.tables
                 .entry(resource)
                 .or_default()
-                .insert(object_key(&object), Arc::new(object));
+                .insert(object_key(&object), Stored::new(Arc::new(object)));
         }
         self.compacted = self.revision;
     }

@@ -14,9 +14,10 @@ use tokio::time::Instant;
 
 use crate::api::present;
 use crate::resources::Resource;
+use crate::resources::ResourceKey;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::{Change, ChangeKind};
+use crate::store::{Change, ChangeKind, Stored, encode};
 use crate::table::{IncludeObject, table};
 
 /// What a watch filters on and how it renders events.
@@ -55,7 +56,7 @@ pub enum Start {
     /// initial-events-end bookmark (`sendInitialEvents=true`).
     Initial {
         /// Current objects.
-        objects: Vec<Arc<Value>>,
+        objects: Vec<Stored>,
         /// The resourceVersion they were read at.
         revision: u64,
         /// Whether to send the initial-events-end bookmark.
@@ -74,20 +75,22 @@ pub enum Start {
 
 struct State {
     spec: WatchSpec,
+    /// The watched resource's key and `apiVersion`, computed once rather than per change.
+    key: ResourceKey,
+    api_version: String,
     pending: std::collections::VecDeque<Bytes>,
     receiver: broadcast::Receiver<Arc<Change>>,
     expire: tokio::sync::watch::Receiver<u64>,
     revision: u64,
     deadline: Instant,
     next_bookmark: Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     headers_sent: bool,
     done: bool,
 }
 
 fn line(event_type: &str, object: &Value) -> Bytes {
-    let mut text = json!({"type": event_type, "object": object}).to_string();
-    text.push('\n');
-    Bytes::from(text)
+    encoded_line(event_type, &encode(object))
 }
 
 /// An event line around an already serialized object.
@@ -141,7 +144,7 @@ impl State {
     }
 
     fn accept(&mut self, change: &Change) {
-        if change.resource != self.spec.resource.key() || change.revision <= self.revision {
+        if change.resource != self.key || change.revision <= self.revision {
             return;
         }
         self.revision = change.revision;
@@ -161,14 +164,22 @@ impl State {
             ChangeKind::Deleted => (before_matched || now_matches).then_some("DELETED"),
         };
         if let Some(event_type) = event_type {
-            let same_version = change.object["apiVersion"].as_str()
-                == Some(self.spec.resource.api_version().as_str());
-            let event = if self.spec.table.is_none() && same_version {
-                encoded_line(event_type, change.encoded())
-            } else {
-                self.event(event_type, &change.object)
-            };
+            let event = self.sent_as(event_type, &change.object, || change.encoded());
             self.pending.push_back(event);
+        }
+    }
+
+    /// An event line for `object`, around its shared encoding when it goes out unchanged.
+    fn sent_as<'a>(
+        &mut self,
+        event_type: &str,
+        object: &Value,
+        encoded: impl FnOnce() -> &'a Bytes,
+    ) -> Bytes {
+        if self.spec.table.is_none() && object["apiVersion"].as_str() == Some(&self.api_version) {
+            encoded_line(event_type, encoded())
+        } else {
+            self.event(event_type, object)
         }
     }
 
@@ -180,11 +191,16 @@ impl State {
             if self.done {
                 return None;
             }
-            let bookmark_at = if self.spec.bookmarks {
+            let wake_at = if self.spec.bookmarks {
                 self.next_bookmark
             } else {
                 self.deadline
             };
+            // One timer for the watch's life, moved only when its target moves: a new timer
+            // per event would cost every watcher a timer-wheel insertion for each change.
+            if self.timer.deadline() != wake_at {
+                self.timer.as_mut().reset(wake_at);
+            }
             tokio::select! {
                 received = self.receiver.recv() => match received {
                     Ok(change) => self.accept(&change),
@@ -205,7 +221,7 @@ impl State {
                         "too old resource version: {revision}: the watch cache was reset"
                     )));
                 }
-                _ = tokio::time::sleep_until(bookmark_at) => {
+                () = self.timer.as_mut() => {
                     if Instant::now() >= self.deadline {
                         return None;
                     }
@@ -228,6 +244,9 @@ pub fn stream(
     let mut state = State {
         deadline: now + spec.timeout,
         next_bookmark: now + spec.bookmark_interval,
+        timer: Box::pin(tokio::time::sleep_until(now + spec.bookmark_interval)),
+        key: spec.resource.key(),
+        api_version: spec.resource.api_version(),
         spec,
         pending: std::collections::VecDeque::new(),
         receiver,
@@ -243,9 +262,9 @@ pub fn stream(
             end_bookmark,
         } => {
             state.revision = revision;
-            for object in objects {
-                if state.spec.matches(&object) {
-                    let event = state.event("ADDED", &object);
+            for stored in objects {
+                if state.spec.matches(stored.object()) {
+                    let event = state.sent_as("ADDED", stored.object(), || stored.encoded());
                     state.pending.push_back(event);
                 }
             }

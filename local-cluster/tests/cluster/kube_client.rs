@@ -287,3 +287,113 @@ async fn controller_reconciles_a_custom_resource_into_a_config_map() {
     .unwrap();
     controller.abort();
 }
+
+#[tokio::test]
+async fn apply_of_a_partial_body_is_validated_after_the_merge() {
+    let h = Harness::start().await;
+    install_crds(&h).await;
+    let tiers: Api<StorageTier> = Api::all(h.cluster.client());
+    let full = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold"},
+        "spec": {"class": "cold", "backend": {"filesystem": {"path": "/data/cold"}}},
+    });
+    tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("installer"),
+            &Patch::Apply(&full),
+        )
+        .await
+        .unwrap();
+
+    let status = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "status": {"usedBytes": 2048},
+    });
+    let with_status = tiers
+        .patch_status(
+            "cold",
+            &PatchParams::apply("prober"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let status = serde_json::to_value(with_status.status).unwrap();
+    assert_eq!(status["usedBytes"], 2048);
+
+    let partial = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold", "labels": {"team": "data"}},
+    });
+    let labelled = tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("labeller"),
+            &Patch::Apply(&partial),
+        )
+        .await
+        .unwrap();
+    assert_eq!(labelled.labels()["team"], "data");
+    assert_eq!(
+        serde_json::to_value(&labelled.spec).unwrap()["backend"]["filesystem"]["path"],
+        "/data/cold",
+        "the installer's spec stays"
+    );
+
+    let dropped = json!({
+        "apiVersion": "aigc.dev/v1alpha1", "kind": "StorageTier",
+        "metadata": {"name": "cold"},
+    });
+    let error = tiers
+        .patch(
+            "cold",
+            &PatchParams::apply("installer"),
+            &Patch::Apply(&dropped),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("spec")),
+        "the installer gave up the spec it alone owned, which the schema requires: {error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_json_patch_test_on_an_absent_path_is_a_422_with_the_cause() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    api.create(&PostParams::default(), &config_map("guarded", "1"))
+        .await
+        .unwrap();
+    let guarded: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/data/absent", "value": "1"},
+        {"op": "replace", "path": "/data/key", "value": "2"},
+    ]))
+    .unwrap();
+    let error = api
+        .patch(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Json::<()>(guarded),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = error else {
+        panic!("an API error, not {error:?}");
+    };
+    assert_eq!(status.code, 422);
+    assert_eq!(status.reason, "Invalid");
+    assert_eq!(
+        status.message,
+        "the server rejected our request due to an error in our request"
+    );
+    let cause = &status.details.expect("details").causes[0];
+    assert_eq!(cause.reason, "UnexpectedServerResponse");
+    assert_eq!(
+        cause.message,
+        "testing value /data/absent failed: test failed"
+    );
+    let unchanged = api.get("guarded").await.unwrap();
+    assert_eq!(unchanged.data.unwrap()["key"], "1");
+}

@@ -439,3 +439,54 @@ async fn chunked_lists_page_with_continue() {
         ]
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_of_a_partial_manifest_keeps_the_rest() {
+    let h = Harness::start().await;
+    h.install_crds().await;
+    h.kubectl_stdin_ok(&["apply", "--server-side", "-f", "-"], Some(TIER))
+        .await;
+    let labels = "apiVersion: aigc.dev/v1alpha1
+kind: StorageTier
+metadata:
+  name: hot
+  labels:
+    team: data
+";
+    let out = h
+        .kubectl_stdin_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=labeller",
+                "-f",
+                "-",
+            ],
+            Some(labels),
+        )
+        .await;
+    assert_eq!(out.trim(), "storagetier.aigc.dev/hot serverside-applied");
+    let class = "apiVersion: aigc.dev/v1alpha1
+kind: StorageTier
+metadata:
+  name: hot
+spec:
+  class: warm
+";
+    h.kubectl_stdin_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=tierer",
+            "-f",
+            "-",
+        ],
+        Some(class),
+    )
+    .await;
+    let tier = h.get_json(&["storagetier", "hot"]).await;
+    assert_eq!(tier["metadata"]["labels"]["team"], "data");
+    assert_eq!(tier["spec"]["class"], "warm");
+    assert_eq!(tier["spec"]["backend"]["filesystem"]["path"], "/data/hot");
+}

@@ -12,6 +12,8 @@ const SEEDS: &[&str] = &[
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions\n\n{\"metadata\":{\"name\":\"x.y.z\"},\"spec\":{\"group\":\"y.z\",\"names\":{\"plural\":\"x\",\"kind\":\"X\"},\"scope\":\"Namespaced\",\"versions\":[{\"name\":\"v1\",\"served\":true,\"storage\":true,\"schema\":{\"openAPIV3Schema\":{\"type\":\"object\",\"properties\":{\"spec\":{\"type\":\"integer\",\"minimum\":\"x\"}}}}}]}}",
     "/api/v1/namespaces/default/secrets\napplication/vnd.kubernetes.protobuf\nk8s\u{0}\n\u{ff}\u{ff}",
     "%%%/api/v1/namespaces/%zz/configmaps/%/status\n;;;as=\n",
+    "/apis/fuzz.dev/v1/namespaces/default/widgets\n\n{\"metadata\":{\"name\":\"w\"},\"spec\":{\"size\":5,\"max\":2,\"name\":\"Ab\",\"when\":\"x\",\"mode\":\"c\",\"tags\":[\"a\",\"a\"],\"extra\":{\"k\":[1]},\"labels\":{\"a\":1}}}",
+    "/apis/fuzz.dev/v1/namespaces/default/widgets\n\n{\"metadata\":{\"name\":\"w\"},\"spec\":{\"size\":1,\"max\":3}}",
     "/api/v1/namespaces/default/configmaps\n\n{\"metadata\":{\"name\":\"a\",\"labels\":null,\"managedFields\":[{\"fieldsV1\":{\"f:x\":1}}]},\"data\":7}",
 ];
 
