@@ -106,10 +106,17 @@ def llama_cpp(gguf, threads):
     started = time.perf_counter()
     llm.eval(prompt)
     prompt_s = time.perf_counter() - started
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        # `llm.scores` is only filled with `logits_all=True` (which would slow llama.cpp
+        # down); read the last token's logits from the context instead.
+        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+
     ids = []
     started = time.perf_counter()
     for _ in range(DECODE_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         ids.append(token)
         llm.eval([token])
     decode_s = time.perf_counter() - started

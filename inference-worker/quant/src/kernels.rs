@@ -1,0 +1,320 @@
+//! Dot products of one weight row with up to [`TILE`] quantized activation rows.
+//!
+//! Every kernel computes exactly the same numbers: per block, the integer dot product of the
+//! 32 quants is split into 8 lanes of 4 consecutive values (lane `l` covers values
+//! `4l..4l + 4`), each lane is converted to f32 and accumulated with one fused multiply-add by
+//! `d_w * d_x`; the offset term of `Q4_1` (`m_w * s_x`) is summed separately in block order;
+//! at the end the 8 lanes are added pairwise (`((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+//! (l3 + l7))`) and the offset sum added. Integer sums are exact in every instruction set,
+//! so the scalar reference, AVX2 and AVX-512 VNNI give bit-identical results.
+//!
+//! The SIMD kernels are chosen at run time ([`Isa::detect`]), so one binary runs on any
+//! x86-64 and uses what the CPU has.
+
+use crate::formats::{BLOCK, Q8Block, WeightFormat, f16_at, q4_1_quants};
+
+/// Activation rows multiplied per weight-row load.
+pub const TILE: usize = 4;
+
+/// The instruction set the kernels run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust; the reference the others must equal.
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64, 2013 onwards).
+    Avx2,
+    /// AVX2 kernels with the integer dot products done by AVX-512 VNNI (`vpdpbusd`, 256-bit).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU supports (detected once).
+    pub fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
+                if avx2
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vl")
+                {
+                    return Isa::Avx512Vnni;
+                }
+                if avx2 {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// Every instruction set this CPU can run, the reference first (for tests and benchmarks).
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        [Self::Scalar, Self::Avx2, Self::Avx512Vnni]
+            .into_iter()
+            .filter(|isa| match (isa, best) {
+                (Self::Scalar, _) => true,
+                (Self::Avx2, Self::Avx2 | Self::Avx512Vnni) => true,
+                (Self::Avx512Vnni, Self::Avx512Vnni) => true,
+                _ => false,
+            })
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+/// `out[i] = dot(weight row, xs[i])` for `xs.len()` in `1..=TILE`.
+///
+/// `row` holds `n` blocks of `format` and every `xs[i]` holds `n` activation blocks; `isa`
+/// must be one of [`Isa::available`].
+pub(crate) fn dot_tile(
+    isa: Isa,
+    format: WeightFormat,
+    row: &[u8],
+    xs: &[&[Q8Block]],
+    out: &mut [f32],
+) {
+    let blocks = row.len() / format.block_bytes();
+    assert!(
+        (1..=TILE).contains(&xs.len())
+            && out.len() == xs.len()
+            && row.len() == blocks * format.block_bytes()
+            && xs.iter().all(|x| x.len() == blocks),
+        "dot_tile: mismatched shapes"
+    );
+    match isa {
+        Isa::Scalar => {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = match format {
+                    WeightFormat::Q4_1 => scalar::q4_1(row, x),
+                    WeightFormat::Q8_0 => scalar::q8_0(row, x),
+                };
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            assert!(
+                Isa::available().contains(&isa),
+                "{} kernels on a CPU without them",
+                isa.name()
+            );
+            // SAFETY: the CPU has the features (checked just above), and the shapes were
+            // checked at the top, which is all the kernels' pointer reads rely on.
+            unsafe { x86::dot_tile(isa, format, row, xs, out) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar kernels exist off x86-64"),
+    }
+}
+
+/// Adds 8 lanes in the fixed order every kernel uses.
+#[inline(always)]
+fn sum_lanes(a: [f32; 8]) -> f32 {
+    let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+mod scalar {
+    use super::*;
+
+    /// Lane `l` of the integer dot product: values `4l..4l + 4`.
+    #[inline(always)]
+    fn lanes(w: impl Fn(usize) -> i32, x: &[i8; BLOCK]) -> [i32; 8] {
+        std::array::from_fn(|l| (4 * l..4 * l + 4).map(|j| w(j) * i32::from(x[j])).sum())
+    }
+
+    pub(super) fn q4_1(row: &[u8], xs: &[Q8Block]) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut offsets = 0f32;
+        for (block, x) in row.chunks_exact(WeightFormat::Q4_1.block_bytes()).zip(xs) {
+            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+            let q = q4_1_quants(block);
+            let scale = d * x.d;
+            for (a, s) in acc.iter_mut().zip(lanes(|j| i32::from(q[j]), &x.qs)) {
+                *a = scale.mul_add(s as f32, *a);
+            }
+            offsets += m * x.s;
+        }
+        sum_lanes(acc) + offsets
+    }
+
+    pub(super) fn q8_0(row: &[u8], xs: &[Q8Block]) -> f32 {
+        let mut acc = [0f32; 8];
+        for (block, x) in row.chunks_exact(WeightFormat::Q8_0.block_bytes()).zip(xs) {
+            let scale = f16_at(block, 0) * x.d;
+            let w = &block[2..];
+            for (a, s) in acc.iter_mut().zip(lanes(|j| i32::from(w[j] as i8), &x.qs)) {
+                *a = scale.mul_add(s as f32, *a);
+            }
+        }
+        sum_lanes(acc)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// The 8-lane integer dot product of 32 unsigned bytes with 32 signed bytes.
+    trait ByteDot {
+        unsafe fn dot(unsigned: __m256i, signed: __m256i) -> __m256i;
+    }
+
+    /// `vpmaddubsw` + `vpmaddwd` (no saturation: |u * s| * 2 <= 255 * 127 * 2 fits in i16
+    /// only for 4-bit weights or |s| <= 127, which both formats guarantee; see `q8_0`).
+    struct Maddubs;
+    /// `vpdpbusd`: the same 4-byte lanes in one instruction.
+    struct Vnni;
+
+    impl ByteDot for Maddubs {
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn dot(unsigned: __m256i, signed: __m256i) -> __m256i {
+            let pairs = _mm256_maddubs_epi16(unsigned, signed);
+            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+        }
+    }
+
+    impl ByteDot for Vnni {
+        #[inline]
+        #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+        unsafe fn dot(unsigned: __m256i, signed: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports `isa`, `row` holds whole blocks and every `xs[i]` as many blocks
+    /// as `row`, `out.len() == xs.len()` and `1 <= xs.len() <= TILE`.
+    pub(super) unsafe fn dot_tile(
+        isa: Isa,
+        format: WeightFormat,
+        row: &[u8],
+        xs: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
+        macro_rules! dispatch {
+            ($n:literal) => {{
+                let xs: &[&[Q8Block]; $n] = xs.try_into().expect("tile size");
+                let r = unsafe {
+                    match (isa, format) {
+                        (Isa::Avx512Vnni, WeightFormat::Q4_1) => q4_1_vnni::<$n>(row, xs),
+                        (Isa::Avx512Vnni, WeightFormat::Q8_0) => q8_0_vnni::<$n>(row, xs),
+                        (_, WeightFormat::Q4_1) => q4_1_avx2::<$n>(row, xs),
+                        (_, WeightFormat::Q8_0) => q8_0_avx2::<$n>(row, xs),
+                    }
+                };
+                out.copy_from_slice(&r);
+            }};
+        }
+        match xs.len() {
+            1 => dispatch!(1),
+            2 => dispatch!(2),
+            3 => dispatch!(3),
+            _ => dispatch!(4),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_1_avx2<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        unsafe { q4_1::<Maddubs, N>(row, xs) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q4_1_vnni<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        unsafe { q4_1::<Vnni, N>(row, xs) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_avx2<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        unsafe { q8_0::<Maddubs, N>(row, xs) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn q8_0_vnni<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        unsafe { q8_0::<Vnni, N>(row, xs) }
+    }
+
+    /// Adds the 8 lanes in [`sum_lanes`]' order.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+        }
+    }
+
+    /// Q4_1 weights: unpack the 32 nibbles once, then multiply with `N` activation rows.
+    #[inline(always)]
+    unsafe fn q4_1<D: ByteDot, const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        const BYTES: usize = WeightFormat::Q4_1.block_bytes();
+        unsafe {
+            let blocks = row.len() / BYTES;
+            let low = _mm_set1_epi8(0x0F);
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut offsets = [0f32; N];
+            for b in 0..blocks {
+                let block = row.as_ptr().add(b * BYTES);
+                // d and m are the block's first two f16 values.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    block.cast::<i32>().read_unaligned(),
+                ));
+                let d = _mm_cvtss_f32(dm);
+                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                let packed = _mm_loadu_si128(block.add(4).cast());
+                let lo = _mm_and_si128(packed, low);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);
+                let quants = _mm256_set_m128i(hi, lo);
+                for r in 0..N {
+                    let x = xs[r].get_unchecked(b);
+                    let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                    let lanes = _mm256_cvtepi32_ps(D::dot(quants, xq));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
+                    offsets[r] += m * x.s;
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
+        }
+    }
+
+    /// Q8_0 weights. The sign trick (`|w|` times `x` with w's sign) keeps the bytes in the
+    /// unsigned x signed form of [`ByteDot`]; activations are in -127..=127, so negating
+    /// them never overflows.
+    #[inline(always)]
+    unsafe fn q8_0<D: ByteDot, const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        const BYTES: usize = WeightFormat::Q8_0.block_bytes();
+        unsafe {
+            let blocks = row.len() / BYTES;
+            let mut acc = [_mm256_setzero_ps(); N];
+            for b in 0..blocks {
+                let block = row.as_ptr().add(b * BYTES);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+                    block.cast::<u16>().read_unaligned(),
+                ))));
+                let w = _mm256_loadu_si256(block.add(2).cast());
+                let magnitude = _mm256_sign_epi8(w, w);
+                for r in 0..N {
+                    let x = xs[r].get_unchecked(b);
+                    let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                    let lanes = _mm256_cvtepi32_ps(D::dot(magnitude, _mm256_sign_epi8(xq, w)));
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]))
+        }
+    }
+}
