@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn quantized_activations_round_trip_within_half_a_step() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
         let mut blocks = Vec::new();
         quantize_q8(&x, &mut blocks);
         assert_eq!(blocks.len(), 2);

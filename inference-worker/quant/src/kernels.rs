@@ -270,9 +270,7 @@ mod x86 {
             for b in 0..blocks {
                 let block = row.as_ptr().add(b * BYTES);
                 // d and m are the block's first two f16 values.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(
-                    block.cast::<i32>().read_unaligned(),
-                ));
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
                 let d = _mm_cvtss_f32(dm);
                 let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
                 let packed = _mm_loadu_si128(block.add(4).cast());

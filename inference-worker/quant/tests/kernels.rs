@@ -59,10 +59,17 @@ fn every_instruction_set_gives_the_scalar_results_bit_for_bit() {
     let isas = Isa::available();
     eprintln!("kernels on this CPU: {isas:?}");
     for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
-        for (rows, cols, n) in [(1, 32, 1), (37, 64, 1), (19, 576, 5), (40, 1536, 9), (8, 96, 4)] {
+        for (rows, cols, n) in [
+            (1, 32, 1),
+            (37, 64, 1),
+            (19, 576, 5),
+            (40, 1536, 9),
+            (8, 96, 4),
+        ] {
             let (matrix, _) = random_matrix(&mut rng, format, rows, cols);
             let mut x = Activations::default();
-            x.quantize(&random_values(&mut rng, n * cols), cols).unwrap();
+            x.quantize(&random_values(&mut rng, n * cols), cols)
+                .unwrap();
             let mut reference = vec![0f32; n * rows];
             matrix
                 .matmul_quantized(&x, &mut reference, Isa::Scalar)
@@ -119,7 +126,9 @@ fn results_match_the_exact_product_of_the_quants() {
         let mut x = Activations::default();
         x.quantize(&values, cols).unwrap();
         let mut out = vec![0f32; n * rows];
-        matrix.matmul_quantized(&x, &mut out, Isa::detect()).unwrap();
+        matrix
+            .matmul_quantized(&x, &mut out, Isa::detect())
+            .unwrap();
         for t in 0..n {
             let xb = &blocks[t * cols / BLOCK..(t + 1) * cols / BLOCK];
             for r in 0..rows {
@@ -136,7 +145,9 @@ fn results_match_the_exact_product_of_the_quants() {
                     .to_scalar::<f32>()
                     .map(f64::from)
                     .unwrap()
-                    * xb.iter().map(|b| f64::from(b.d) * 127.0).fold(0.0, f64::max);
+                    * xb.iter()
+                        .map(|b| f64::from(b.d) * 127.0)
+                        .fold(0.0, f64::max);
                 assert!(
                     (got - exact).abs() <= 2e-3 * scale + 1e-6,
                     "{format:?} [{t},{r}]: {got} vs exact {exact} (scale {scale})"
@@ -180,7 +191,10 @@ fn bad_shapes_are_errors_naming_the_sizes() {
     let error = QMatrix::new(WeightFormat::Q4_1, 2, 48, vec![0; 40]).unwrap_err();
     assert!(error.to_string().contains("2x48"), "{error}");
     let error = QMatrix::new(WeightFormat::Q4_1, 2, 64, vec![0; 10]).unwrap_err();
-    assert!(error.to_string().contains("needs 80 bytes, got 10"), "{error}");
+    assert!(
+        error.to_string().contains("needs 80 bytes, got 10"),
+        "{error}"
+    );
     let matrix = QMatrix::new(WeightFormat::Q8_0, 2, 32, vec![0; 68]).unwrap();
     let error = matrix.matmul(&[0.0; 64], &mut [0.0; 3]).unwrap_err();
     assert!(error.to_string().contains("into 3 outputs"), "{error}");
