@@ -70,7 +70,7 @@ pub fn quantize_q8(x: &[f32], out: &mut Vec<Q8Block>) {
         let mut block = Q8Block::ZERO;
         let mut sum = 0i32;
         for (q, v) in block.qs.iter_mut().zip(chunk) {
-            let r = (v * id).round_ties_even() as i32;
+            let r = round_ties_even(v * id);
             *q = r as i8;
             sum += r;
         }
@@ -78,6 +78,15 @@ pub fn quantize_q8(x: &[f32], out: &mut Vec<Q8Block>) {
         block.s = f16::from_f32(d * sum as f32).to_f32();
         out.push(block);
     }
+}
+
+/// `v` rounded to the nearest integer, ties to even (x86's default rounding, which
+/// llama.cpp's quantization uses), for |v| <= 2^22: adding and subtracting 1.5 * 2^23 leaves
+/// no fraction bits. `f32::round_ties_even` is a libm call on baseline x86-64.
+#[inline(always)]
+fn round_ties_even(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((v + MAGIC) - MAGIC) as i32
 }
 
 /// Reads the little-endian f16 at `bytes[at..at + 2]` as f32.
@@ -138,6 +147,14 @@ mod tests {
             for (&q, v) in block.qs.iter().zip(chunk) {
                 assert!((f32::from(q) * block.d - v).abs() <= amax / 127.0 * 0.51 + 1e-3);
             }
+        }
+    }
+
+    #[test]
+    fn rounding_is_ties_to_even_like_the_standard_library() {
+        for i in -300_000..300_000 {
+            let v = i as f32 / 2048.0;
+            assert_eq!(round_ties_even(v), v.round_ties_even() as i32, "{v}");
         }
     }
 

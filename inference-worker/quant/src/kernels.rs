@@ -53,16 +53,20 @@ impl Isa {
 
     /// Every instruction set this CPU can run, the reference first (for tests and benchmarks).
     pub fn available() -> Vec<Self> {
-        let best = Self::detect();
         [Self::Scalar, Self::Avx2, Self::Avx512Vnni]
             .into_iter()
-            .filter(|isa| match (isa, best) {
-                (Self::Scalar, _) => true,
-                (Self::Avx2, Self::Avx2 | Self::Avx512Vnni) => true,
-                (Self::Avx512Vnni, Self::Avx512Vnni) => true,
-                _ => false,
-            })
+            .filter(|isa| isa.supported())
             .collect()
+    }
+
+    /// Whether this CPU can run the kernels of `self`.
+    pub fn supported(self) -> bool {
+        matches!(
+            (self, Self::detect()),
+            (Self::Scalar, _)
+                | (Self::Avx2, Self::Avx2 | Self::Avx512Vnni)
+                | (Self::Avx512Vnni, Self::Avx512Vnni)
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -74,45 +78,52 @@ impl Isa {
     }
 }
 
-/// `out[i] = dot(weight row, xs[i])` for `xs.len()` in `1..=TILE`.
+/// Weight rows times activation rows: `dst[i * xs.len() + t] = dot(row i of weights, xs[t])`.
 ///
-/// `row` holds `n` blocks of `format` and every `xs[i]` holds `n` activation blocks; `isa`
-/// must be one of [`Isa::available`].
-pub(crate) fn dot_tile(
+/// `weights` holds whole rows of `xs[t].len()` blocks of `format` each, `dst` one value per
+/// (row, activation row); `isa` must be [`Isa::supported`]. Each weight row is loaded once
+/// per [`TILE`] activation rows.
+pub(crate) fn matmul_rows(
     isa: Isa,
     format: WeightFormat,
-    row: &[u8],
+    weights: &[u8],
     xs: &[&[Q8Block]],
-    out: &mut [f32],
+    dst: &mut [f32],
 ) {
-    let blocks = row.len() / format.block_bytes();
+    let blocks = xs.first().map_or(0, |x| x.len());
+    let row_bytes = blocks * format.block_bytes();
     assert!(
-        (1..=TILE).contains(&xs.len())
-            && out.len() == xs.len()
-            && row.len() == blocks * format.block_bytes()
-            && xs.iter().all(|x| x.len() == blocks),
-        "dot_tile: mismatched shapes"
+        blocks > 0
+            && xs.iter().all(|x| x.len() == blocks)
+            && weights.len() % row_bytes == 0
+            && dst.len() == weights.len() / row_bytes * xs.len(),
+        "matmul_rows: mismatched shapes"
+    );
+    assert!(
+        isa.supported(),
+        "{} kernels on a CPU without them",
+        isa.name()
     );
     match isa {
         Isa::Scalar => {
-            for (o, x) in out.iter_mut().zip(xs) {
-                *o = match format {
-                    WeightFormat::Q4_1 => scalar::q4_1(row, x),
-                    WeightFormat::Q8_0 => scalar::q8_0(row, x),
-                };
+            for (row, out) in weights
+                .chunks_exact(row_bytes)
+                .zip(dst.chunks_exact_mut(xs.len()))
+            {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = match format {
+                        WeightFormat::Q4_1 => scalar::q4_1(row, x),
+                        WeightFormat::Q8_0 => scalar::q8_0(row, x),
+                    };
+                }
             }
         }
+        // SAFETY: the CPU has the features (checked above), and the shapes were checked
+        // at the top, which is all the kernels' pointer reads rely on.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
-            assert!(
-                Isa::available().contains(&isa),
-                "{} kernels on a CPU without them",
-                isa.name()
-            );
-            // SAFETY: the CPU has the features (checked just above), and the shapes were
-            // checked at the top, which is all the kernels' pointer reads rely on.
-            unsafe { x86::dot_tile(isa, format, row, xs, out) }
-        }
+        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+            x86::matmul_rows(isa, format, weights, row_bytes, xs, dst)
+        },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the scalar kernels exist off x86-64"),
     }
@@ -197,56 +208,65 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU supports `isa`, `row` holds whole blocks and every `xs[i]` as many blocks
-    /// as `row`, `out.len() == xs.len()` and `1 <= xs.len() <= TILE`.
-    pub(super) unsafe fn dot_tile(
+    /// The CPU supports `isa`; `weights` holds whole rows of `row_bytes`, every `xs[t]` as
+    /// many blocks as a row, and `dst` one value per (row, activation row).
+    pub(super) unsafe fn matmul_rows(
         isa: Isa,
         format: WeightFormat,
-        row: &[u8],
+        weights: &[u8],
+        row_bytes: usize,
         xs: &[&[Q8Block]],
-        out: &mut [f32],
+        dst: &mut [f32],
     ) {
-        macro_rules! dispatch {
-            ($n:literal) => {{
-                let xs: &[&[Q8Block]; $n] = xs.try_into().expect("tile size");
-                let r = unsafe {
-                    match (isa, format) {
-                        (Isa::Avx512Vnni, WeightFormat::Q4_1) => q4_1_vnni::<$n>(row, xs),
-                        (Isa::Avx512Vnni, WeightFormat::Q8_0) => q8_0_vnni::<$n>(row, xs),
-                        (_, WeightFormat::Q4_1) => q4_1_avx2::<$n>(row, xs),
-                        (_, WeightFormat::Q8_0) => q8_0_avx2::<$n>(row, xs),
-                    }
-                };
-                out.copy_from_slice(&r);
-            }};
-        }
-        match xs.len() {
-            1 => dispatch!(1),
-            2 => dispatch!(2),
-            3 => dispatch!(3),
-            _ => dispatch!(4),
+        unsafe {
+            match (isa, format) {
+                (Isa::Avx512Vnni, WeightFormat::Q4_1) => q4_1_vnni(weights, row_bytes, xs, dst),
+                (Isa::Avx512Vnni, WeightFormat::Q8_0) => q8_0_vnni(weights, row_bytes, xs, dst),
+                (_, WeightFormat::Q4_1) => q4_1_avx2(weights, row_bytes, xs, dst),
+                (_, WeightFormat::Q8_0) => q8_0_avx2(weights, row_bytes, xs, dst),
+            }
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4_1_avx2<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
-        unsafe { q4_1::<Maddubs, N>(row, xs) }
+    /// Every weight row times every activation row, [`TILE`] activation rows at a time.
+    #[inline(always)]
+    unsafe fn rows(
+        weights: &[u8],
+        row_bytes: usize,
+        xs: &[&[Q8Block]],
+        dst: &mut [f32],
+        tile: impl Fn(&[u8], &[&[Q8Block]], &mut [f32]),
+    ) {
+        for (row, out) in weights
+            .chunks_exact(row_bytes)
+            .zip(dst.chunks_exact_mut(xs.len()))
+        {
+            for (x, o) in xs.chunks(TILE).zip(out.chunks_mut(TILE)) {
+                tile(row, x, o);
+            }
+        }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn q4_1_vnni<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
-        unsafe { q4_1::<Vnni, N>(row, xs) }
+    macro_rules! kernel {
+        ($name:ident, $features:literal, $body:ident, $dot:ty) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name(weights: &[u8], row_bytes: usize, xs: &[&[Q8Block]], dst: &mut [f32]) {
+                unsafe {
+                    rows(weights, row_bytes, xs, dst, |row, x, o| match x.len() {
+                        4 => o.copy_from_slice(&$body::<$dot, 4>(row, x.try_into().unwrap())),
+                        3 => o.copy_from_slice(&$body::<$dot, 3>(row, x.try_into().unwrap())),
+                        2 => o.copy_from_slice(&$body::<$dot, 2>(row, x.try_into().unwrap())),
+                        _ => o.copy_from_slice(&$body::<$dot, 1>(row, x.try_into().unwrap())),
+                    })
+                }
+            }
+        };
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q8_0_avx2<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
-        unsafe { q8_0::<Maddubs, N>(row, xs) }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn q8_0_vnni<const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
-        unsafe { q8_0::<Vnni, N>(row, xs) }
-    }
+    kernel!(q4_1_avx2, "avx2,fma,f16c", q4_1, Maddubs);
+    kernel!(q4_1_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q4_1, Vnni);
+    kernel!(q8_0_avx2, "avx2,fma,f16c", q8_0, Maddubs);
+    kernel!(q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q8_0, Vnni);
 
     /// Adds the 8 lanes in [`sum_lanes`]' order.
     #[inline(always)]

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::QuantError;
 use crate::formats::{BLOCK, Q8Block, WeightFormat, dequantize_row, quantize_q8};
-use crate::kernels::{Isa, TILE, dot_tile};
+use crate::kernels::{Isa, matmul_rows};
 
 /// A `rows x cols` matrix of GGUF blocks, row-major (the layout GGUF stores a linear
 /// layer's weight in: one row per output).
@@ -141,7 +141,7 @@ impl QMatrix {
                 out.len()
             )));
         }
-        if !Isa::available().contains(&isa) {
+        if !isa.supported() {
             return Err(QuantError::Unsupported(format!(
                 "{} kernels on this CPU (it has: {})",
                 isa.name(),
@@ -194,17 +194,10 @@ impl QMatrix {
     /// Weight rows `r0..` (as many as `dst` has room for) times every activation row, into
     /// `dst[(r - r0) * n + t]`.
     fn rows_into(&self, isa: Isa, x: &Activations, r0: usize, dst: &mut [f32]) {
-        let n = x.rows;
-        let mut tile: [&[Q8Block]; TILE] = [&[]; TILE];
-        for (i, outputs) in dst.chunks_exact_mut(n).enumerate() {
-            let row = self.row(r0 + i);
-            for (t0, outputs) in (0..n).step_by(TILE).zip(outputs.chunks_mut(TILE)) {
-                let len = outputs.len();
-                for (k, slot) in tile[..len].iter_mut().enumerate() {
-                    *slot = x.row(t0 + k);
-                }
-                dot_tile(isa, self.format, row, &tile[..len], outputs);
-            }
-        }
+        let xs: Vec<&[Q8Block]> = (0..x.rows).map(|t| x.row(t)).collect();
+        let rows = dst.len() / x.rows;
+        let bytes = self.row_bytes();
+        let weights = &self.data[r0 * bytes..(r0 + rows) * bytes];
+        matmul_rows(isa, self.format, weights, &xs, dst);
     }
 }
