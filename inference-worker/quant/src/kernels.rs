@@ -3,9 +3,10 @@
 //! Every kernel computes exactly the same numbers: per block, the integer dot product of the
 //! 32 quants is split into 8 lanes of 4 consecutive values (lane `l` covers values
 //! `4l..4l + 4`), each lane is converted to f32 and accumulated with one fused multiply-add by
-//! `d_w * d_x`; the offset term of `Q4_1` (`m_w * s_x`) is summed separately in block order;
-//! at the end the 8 lanes are added pairwise (`((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
-//! (l3 + l7))`) and the offset sum added. Integer sums are exact in every instruction set,
+//! `d_w * d_x` into the even or the odd blocks' accumulator (two dependency chains); the
+//! offset term of `Q4_1` (`m_w * s_x`) is summed separately, also split even/odd; at the end
+//! the two accumulators are added lane by lane, the 8 lanes pairwise (`((l0 + l4) +
+//! (l2 + l6)) + ((l1 + l5) + (l3 + l7))`), and the offset sums added. Integer sums are exact in every instruction set,
 //! so the scalar reference, AVX2 and AVX-512 VNNI give bit-identical results.
 //!
 //! The SIMD kernels are chosen at run time ([`Isa::detect`]), so one binary runs on any
@@ -146,30 +147,35 @@ mod scalar {
     }
 
     pub(super) fn q4_1(row: &[u8], xs: &[Q8Block]) -> f32 {
-        let mut acc = [0f32; 8];
-        let mut offsets = 0f32;
-        for (block, x) in row.chunks_exact(WeightFormat::Q4_1.block_bytes()).zip(xs) {
+        let mut acc = [[0f32; 8]; 2];
+        let mut offsets = [0f32; 2];
+        let blocks = row.chunks_exact(WeightFormat::Q4_1.block_bytes());
+        for (b, (block, x)) in blocks.zip(xs).enumerate() {
             let (d, m) = (f16_at(block, 0), f16_at(block, 2));
             let q = q4_1_quants(block);
             let scale = d * x.d;
-            for (a, s) in acc.iter_mut().zip(lanes(|j| i32::from(q[j]), &x.qs)) {
+            for (a, s) in acc[b & 1].iter_mut().zip(lanes(|j| i32::from(q[j]), &x.qs)) {
                 *a = scale.mul_add(s as f32, *a);
             }
-            offsets += m * x.s;
+            offsets[b & 1] += m * x.s;
         }
-        sum_lanes(acc) + offsets
+        sum_lanes(std::array::from_fn(|l| acc[0][l] + acc[1][l])) + (offsets[0] + offsets[1])
     }
 
     pub(super) fn q8_0(row: &[u8], xs: &[Q8Block]) -> f32 {
-        let mut acc = [0f32; 8];
-        for (block, x) in row.chunks_exact(WeightFormat::Q8_0.block_bytes()).zip(xs) {
+        let mut acc = [[0f32; 8]; 2];
+        let blocks = row.chunks_exact(WeightFormat::Q8_0.block_bytes());
+        for (b, (block, x)) in blocks.zip(xs).enumerate() {
             let scale = f16_at(block, 0) * x.d;
             let w = &block[2..];
-            for (a, s) in acc.iter_mut().zip(lanes(|j| i32::from(w[j] as i8), &x.qs)) {
+            for (a, s) in acc[b & 1]
+                .iter_mut()
+                .zip(lanes(|j| i32::from(w[j] as i8), &x.qs))
+            {
                 *a = scale.mul_add(s as f32, *a);
             }
         }
-        sum_lanes(acc)
+        sum_lanes(std::array::from_fn(|l| acc[0][l] + acc[1][l]))
     }
 }
 
@@ -184,8 +190,9 @@ mod x86 {
         unsafe fn dot(unsigned: __m256i, signed: __m256i) -> __m256i;
     }
 
-    /// `vpmaddubsw` + `vpmaddwd` (no saturation: |u * s| * 2 <= 255 * 127 * 2 fits in i16
-    /// only for 4-bit weights or |s| <= 127, which both formats guarantee; see `q8_0`).
+    /// `vpmaddubsw` + `vpmaddwd`. The i16 pair sums never saturate here: the unsigned side
+    /// is at most 15 (Q4_1) or 128 (|Q8_0|) and the signed side within -127..=127, so a
+    /// pair is at most 2 * 128 * 127 = 32512.
     struct Maddubs;
     /// `vpdpbusd`: the same 4-byte lanes in one instruction.
     struct Vnni;
@@ -285,9 +292,9 @@ mod x86 {
         unsafe {
             let blocks = row.len() / BYTES;
             let low = _mm_set1_epi8(0x0F);
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut offsets = [0f32; N];
-            for b in 0..blocks {
+            let mut acc = [[_mm256_setzero_ps(); N]; 2];
+            let mut offsets = [[0f32; N]; 2];
+            for (b, parity) in (0..blocks).map(|b| (b, b & 1)) {
                 let block = row.as_ptr().add(b * BYTES);
                 // d and m are the block's first two f16 values.
                 let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
@@ -301,11 +308,14 @@ mod x86 {
                     let x = xs[r].get_unchecked(b);
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
                     let lanes = _mm256_cvtepi32_ps(D::dot(quants, xq));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
-                    offsets[r] += m * x.s;
+                    acc[parity][r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[parity][r]);
+                    offsets[parity][r] += m * x.s;
                 }
             }
-            std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
+            std::array::from_fn(|r| {
+                hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + (offsets[0][r] + offsets[1][r])
+            })
         }
     }
 
@@ -317,8 +327,8 @@ mod x86 {
         const BYTES: usize = WeightFormat::Q8_0.block_bytes();
         unsafe {
             let blocks = row.len() / BYTES;
-            let mut acc = [_mm256_setzero_ps(); N];
-            for b in 0..blocks {
+            let mut acc = [[_mm256_setzero_ps(); N]; 2];
+            for (b, parity) in (0..blocks).map(|b| (b, b & 1)) {
                 let block = row.as_ptr().add(b * BYTES);
                 let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
                     block.cast::<u16>().read_unaligned(),
@@ -329,10 +339,11 @@ mod x86 {
                     let x = xs[r].get_unchecked(b);
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
                     let lanes = _mm256_cvtepi32_ps(D::dot(magnitude, _mm256_sign_epi8(xq, w)));
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
+                    acc[parity][r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[parity][r]);
                 }
             }
-            std::array::from_fn(|r| hsum(acc[r]))
+            std::array::from_fn(|r| hsum(_mm256_add_ps(acc[0][r], acc[1][r])))
         }
     }
 }
