@@ -96,7 +96,7 @@ pub(crate) fn matmul_rows(
     assert!(
         blocks > 0
             && xs.iter().all(|x| x.len() == blocks)
-            && weights.len() % row_bytes == 0
+            && weights.len().is_multiple_of(row_bytes)
             && dst.len() == weights.len() / row_bytes * xs.len(),
         "matmul_rows: mismatched shapes"
     );

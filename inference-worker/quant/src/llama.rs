@@ -39,9 +39,9 @@ impl LlamaConfig {
         let ok = self.layers > 0
             && self.heads > 0
             && self.kv_heads > 0
-            && self.embedding % self.heads == 0
-            && self.heads % self.kv_heads == 0
-            && self.rope_dimensions % 2 == 0
+            && self.embedding.is_multiple_of(self.heads)
+            && self.heads.is_multiple_of(self.kv_heads)
+            && self.rope_dimensions.is_multiple_of(2)
             && self.rope_dimensions <= head_dim
             && self.context_length > 0;
         if ok {

@@ -29,7 +29,7 @@ pub struct Activations {
 impl Activations {
     /// Quantizes `x`, `rows` rows of `cols` values each.
     pub fn quantize(&mut self, x: &[f32], cols: usize) -> Result<(), QuantError> {
-        if cols == 0 || cols % BLOCK != 0 || x.len() % cols != 0 {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || !x.len().is_multiple_of(cols) {
             return Err(QuantError::Shape(format!(
                 "activations: {} values in rows of {cols}; rows must be a non-zero multiple of {BLOCK} and divide the values",
                 x.len()
@@ -59,7 +59,7 @@ impl QMatrix {
         cols: usize,
         data: Vec<u8>,
     ) -> Result<Self, QuantError> {
-        if rows == 0 || cols == 0 || cols % BLOCK != 0 {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(BLOCK) {
             return Err(QuantError::Shape(format!(
                 "{} matrix {rows}x{cols}: both sizes must be non-zero and columns a multiple of {BLOCK}",
                 format.name()

@@ -55,9 +55,9 @@ impl QuantizedLlama {
             .map_or(DEFAULT_CONTEXT_LENGTH, |n| n as usize);
         let tokenizer = TextTokenizer::from_gguf(&content)?;
         let candle = |content, file: &mut File| -> Result<Backend, WorkerError> {
-            Ok(Backend::Candle(ModelWeights::from_gguf(
+            Ok(Backend::Candle(Box::new(ModelWeights::from_gguf(
                 content, file, device,
-            )?))
+            )?)))
         };
         let backend = match quantized_kernels(device) {
             QuantizedKernels::Cpu => match cpu_model(&content, &mut file, context_length) {
@@ -134,7 +134,7 @@ impl TextGenerator for QuantizedLlama {
 
 enum Backend {
     Cpu(Box<Llama>),
-    Candle(ModelWeights),
+    Candle(Box<ModelWeights>),
 }
 
 /// The model on `aigc_quant`'s CPU kernels; [`QuantError::Unsupported`] when its weights
