@@ -2,10 +2,13 @@
 """Benchmarks `aigc-worker serve`'s models side by side with the reference engines, on this
 machine, with the same model files and thread count. Not part of CI.
 
-    python3 scripts/bench-serve.py --threads 2 --st-python /tmp/st/bin/python
+    python3 scripts/bench-serve.py --threads 2 --st-python /tmp/st/bin/python \
+        --llama-python VENV/bin/python
 
-- SmolLM2-135M Q4_1: prompt and decode tokens/s of candle (examples/bench_models.rs)
-  against llama.cpp through `llama-cpp-python`, both greedy, with the greedy ids compared.
+- SmolLM2-135M Q4_1: prompt and decode tokens/s (per wall-clock and per CPU second) of
+  aigc-worker's CPU kernels (examples/bench_models.rs, release) against llama.cpp through
+  `llama-cpp-python` (run by --llama-python), both greedy, with the greedy ids compared;
+  --rounds alternating runs of each, and the median ratios.
 - all-MiniLM-L6-v2: sentences/s on 256 sentences of about 12 words against
   sentence-transformers on PyTorch CPU (run by --st-python, a Python that has it).
 - 16 concurrent streamed chat clients against the release `aigc-worker serve`: total
@@ -103,21 +106,32 @@ def llama_cpp(gguf, threads):
     prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
     llm.eval(prompt)  # warm-up, as the candle side does
     llm.reset()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     llm.eval(prompt)
     prompt_s = time.perf_counter() - started
+    prompt_cpu = time.process_time() - cpu
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        # `llm.scores` is only filled with `logits_all=True` (which would slow llama.cpp
+        # down); read the last token's logits from the context instead.
+        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+
     ids = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(DECODE_TOKENS):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
         ids.append(token)
         llm.eval([token])
     decode_s = time.perf_counter() - started
+    decode_cpu = time.process_time() - cpu
     return {
         "engine": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
         "prompt_tokens": len(prompt),
         "prompt_tokens_per_s": len(prompt) / prompt_s,
+        "prompt_tokens_per_cpu_s": len(prompt) / prompt_cpu,
         "decode_tokens_per_s": DECODE_TOKENS / decode_s,
+        "decode_tokens_per_cpu_s": DECODE_TOKENS / decode_cpu,
         "greedy_ids": ids,
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -222,6 +236,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--st-python", help="a Python with sentence-transformers and torch")
+    parser.add_argument("--llama-python", help="a Python with llama-cpp-python (default: this one)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="SmolLM2 runs of each engine, alternating")
     parser.add_argument("--only", choices=["llama", "bert", "chat", "st", "llamacpp"], action="append")
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,23 +253,34 @@ def main():
     report = {}
     if "llama" in only:
         gguf = smollm2_gguf()
-        ours = candle("llama", gguf, args.threads)
-        reference = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--only", "llamacpp", "--threads",
-             str(args.threads), "--model-path", gguf],
-            check=True, capture_output=True, text=True)
-        theirs = json.loads(reference.stdout.strip().splitlines()[-1])
-        same = ours["greedy_ids"] == theirs["greedy_ids"]
+        # Alternate the engines, round after round, so that both see the same machine load;
+        # report every round and the median ratios.
+        rounds = []
+        for _ in range(args.rounds):
+            ours = candle("llama", gguf, args.threads)
+            reference = subprocess.run(
+                [args.llama_python or sys.executable, os.path.abspath(__file__), "--only",
+                 "llamacpp", "--threads", str(args.threads), "--model-path", gguf],
+                check=True, capture_output=True, text=True)
+            theirs = json.loads(reference.stdout.strip().splitlines()[-1])
+            rounds.append((ours, theirs))
+        ours, theirs = rounds[0]
+        same = all(o["greedy_ids"] == t["greedy_ids"] for o, t in rounds)
         agree = next((i for i, (a, b) in enumerate(zip(ours["greedy_ids"], theirs["greedy_ids"])) if a != b),
                      len(ours["greedy_ids"]))
-        for r in (ours, theirs):
-            r.pop("greedy_ids")
+        ratio = lambda key: statistics.median(o[key] / t[key] for o, t in rounds)
+        for o, t in rounds:
+            o.pop("greedy_ids")
+            t.pop("greedy_ids")
         report["smollm2"] = {
-            "candle": ours, "llama.cpp": theirs,
-            "prompt_ratio": ours["prompt_tokens_per_s"] / theirs["prompt_tokens_per_s"],
-            "decode_ratio": ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"],
+            "rounds": [{"aigc-worker": o, "llama.cpp": t} for o, t in rounds],
+            "prompt_ratio_median": ratio("prompt_tokens_per_s"),
+            "decode_ratio_median": ratio("decode_tokens_per_s"),
+            "prompt_ratio_per_cpu_s_median": ratio("prompt_tokens_per_cpu_s"),
+            "decode_ratio_per_cpu_s_median": ratio("decode_tokens_per_cpu_s"),
             "greedy_ids_identical": same,
             "greedy_ids_agree_for_first": agree,
+            "load_average": os.getloadavg(),
         }
     if "bert" in only:
         model_dir = minilm_dir()

@@ -5,8 +5,9 @@
 //! cargo run --release -p aigc-worker --example bench_models -- llama MODEL.gguf THREADS
 //! cargo run --release -p aigc-worker --example bench_models -- bert MODEL_DIR THREADS
 //! ```
-//! Prints one JSON object: tokens/s (llama: prompt and decode) or sentences/s (bert),
-//! the greedy token ids (llama), and the peak RSS of the process.
+//! Prints one JSON object: tokens/s (llama: prompt and decode, per wall-clock second and per
+//! CPU second of the whole process, which is steadier on a loaded machine) or sentences/s
+//! (bert), the greedy token ids (llama), the kernels used, and the peak RSS of the process.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,27 +39,32 @@ fn main() -> anyhow::Result<()> {
             // One warm-up pass so page faults and allocations are not timed.
             model.next_logits(&prompt, 0)?;
             model.reset();
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), cpu_seconds());
             let mut logits = model.next_logits(&prompt, 0)?;
             let prompt_seconds = started.elapsed().as_secs_f64();
+            let prompt_cpu = cpu_seconds() - cpu;
             let mut sampler = Sampler::new(SamplingParams {
                 temperature: 0.0,
                 ..SamplingParams::default()
             });
             let mut generated = Vec::new();
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), cpu_seconds());
             for step in 0..DECODE_TOKENS {
                 let token = sampler.next_token(&logits);
                 generated.push(token);
                 logits = model.next_logits(&[token], prompt.len() + step)?;
             }
             let decode_seconds = started.elapsed().as_secs_f64();
+            let decode_cpu = cpu_seconds() - cpu;
             json!({
-                "engine": "aigc-worker (candle)",
+                "engine": "aigc-worker",
+                "kernels": format!("aigc-quant {}", aigc_quant::Isa::detect().name()),
                 "prompt_tokens": prompt.len(),
                 "prompt_tokens_per_s": prompt.len() as f64 / prompt_seconds,
+                "prompt_tokens_per_cpu_s": prompt.len() as f64 / prompt_cpu,
                 "decode_tokens": DECODE_TOKENS,
                 "decode_tokens_per_s": DECODE_TOKENS as f64 / decode_seconds,
+                "decode_tokens_per_cpu_s": DECODE_TOKENS as f64 / decode_cpu,
                 "greedy_ids": generated,
                 "peak_rss_mib": peak_rss_mib(),
             })
@@ -127,6 +133,19 @@ fn bench_sentences() -> Vec<String> {
                 + "."
         })
         .collect()
+}
+
+/// CPU time of all the process's threads so far (`/proc/self/task/*/schedstat`, in ns).
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
 }
 
 fn peak_rss_mib() -> f64 {

@@ -40,3 +40,21 @@ pub fn name(device: &Device) -> String {
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
+
+/// Which kernels run quantized (GGUF) models on `device`: this crate's own runtime-dispatched
+/// CPU kernels (`aigc-quant`) on the CPU, candle's elsewhere (CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizedKernels {
+    /// `aigc_quant` (AVX2 / AVX-512 VNNI / scalar, chosen at run time).
+    Cpu,
+    /// candle-transformers' quantized models on the device.
+    Candle,
+}
+
+pub fn quantized_kernels(device: &Device) -> QuantizedKernels {
+    if device.is_cpu() {
+        QuantizedKernels::Cpu
+    } else {
+        QuantizedKernels::Candle
+    }
+}

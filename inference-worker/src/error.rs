@@ -24,6 +24,8 @@ pub enum WorkerError {
     Tokenizer(String),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("quantized CPU kernels: {0}")]
+    Quant(#[from] aigc_quant::QuantError),
     #[error("device: {0}")]
     Device(String),
     #[error("API key file {path}: {reason}")]

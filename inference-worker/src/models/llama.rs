@@ -1,13 +1,17 @@
-//! Llama-family text generation from a quantized GGUF file, through candle-transformers'
-//! quantized llama.
+//! Llama-family text generation from a quantized GGUF file: on the CPU through
+//! `aigc_quant`'s llama forward and runtime-dispatched SIMD kernels (Q4_1 / Q8_0 weights),
+//! elsewhere (CUDA) and for other quantizations through candle-transformers' quantized llama.
 
 use std::fs::File;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
+use aigc_quant::QuantError;
+use aigc_quant::llama::{Llama, LlamaConfig, RawTensor, TensorFormat};
+use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
+use crate::device::{QuantizedKernels, quantized_kernels};
 use crate::error::WorkerError;
 use crate::models::TextGenerator;
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
@@ -18,7 +22,7 @@ pub const ARCHITECTURE: &str = "llama";
 const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 
 pub struct QuantizedLlama {
-    weights: ModelWeights,
+    backend: Backend,
     tokenizer: TextTokenizer,
     context_length: usize,
     device: Device,
@@ -50,13 +54,49 @@ impl QuantizedLlama {
             .and_then(|v| v.to_u32().ok())
             .map_or(DEFAULT_CONTEXT_LENGTH, |n| n as usize);
         let tokenizer = TextTokenizer::from_gguf(&content)?;
-        let weights = ModelWeights::from_gguf(content, &mut file, device)?;
+        let candle = |content, file: &mut File| -> Result<Backend, WorkerError> {
+            Ok(Backend::Candle(Box::new(ModelWeights::from_gguf(
+                content, file, device,
+            )?)))
+        };
+        let backend = match quantized_kernels(device) {
+            QuantizedKernels::Cpu => match cpu_model(&content, &mut file, context_length) {
+                Ok(model) => Backend::Cpu(Box::new(model)),
+                Err(WorkerError::Quant(QuantError::Unsupported(reason))) => {
+                    tracing::info!(%reason, "using candle's quantized kernels for {}", path.display());
+                    candle(content, &mut file)?
+                }
+                Err(e) => return Err(e),
+            },
+            QuantizedKernels::Candle => candle(content, &mut file)?,
+        };
         Ok(Self {
-            weights,
+            backend,
             tokenizer,
             context_length,
             device: device.clone(),
         })
+    }
+}
+
+impl QuantizedLlama {
+    /// Which kernels run the model: `aigc-quant <isa>` on the CPU, else `candle`.
+    pub fn kernels(&self) -> String {
+        match &self.backend {
+            Backend::Cpu(model) => format!("aigc-quant {}", model.isa().name()),
+            Backend::Candle(_) => "candle".into(),
+        }
+    }
+
+    /// Runs the CPU kernels of `isa` (one of [`aigc_quant::Isa::available`]); for tests
+    /// and benchmarks.
+    pub fn set_isa(&mut self, isa: aigc_quant::Isa) -> Result<(), WorkerError> {
+        match &mut self.backend {
+            Backend::Cpu(model) => Ok(model.set_isa(isa)?),
+            Backend::Candle(_) => Err(WorkerError::Unsupported(
+                "choosing CPU kernels for a model on candle's kernels".into(),
+            )),
+        }
     }
 }
 
@@ -74,12 +114,94 @@ impl TextGenerator for QuantizedLlama {
     }
 
     fn reset(&mut self) {
-        self.weights.clear_kv_cache();
+        match &mut self.backend {
+            Backend::Cpu(model) => model.reset(),
+            Backend::Candle(weights) => weights.clear_kv_cache(),
+        }
     }
 
     fn next_logits(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, WorkerError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&input, start)?;
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
+        match &mut self.backend {
+            Backend::Cpu(model) => Ok(model.forward(tokens, start)?),
+            Backend::Candle(weights) => {
+                let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+                let logits = weights.forward(&input, start)?;
+                Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
+            }
+        }
     }
+}
+
+enum Backend {
+    Cpu(Box<Llama>),
+    Candle(Box<ModelWeights>),
+}
+
+/// The model on `aigc_quant`'s CPU kernels; [`QuantError::Unsupported`] when its weights
+/// use a quantization those kernels do not take (or experts).
+fn cpu_model(
+    content: &gguf_file::Content,
+    file: &mut File,
+    context_length: usize,
+) -> Result<Llama, WorkerError> {
+    let number = |key: &str| -> Result<Option<f64>, WorkerError> {
+        let Some(value) = content.metadata.get(key) else {
+            return Ok(None);
+        };
+        let number = value
+            .to_u32()
+            .map(f64::from)
+            .or_else(|_| value.to_f32().map(f64::from))
+            .or_else(|_| value.to_u64().map(|v| v as f64))
+            .map_err(|_| {
+                WorkerError::InvalidModel(format!("GGUF metadata `{key}` is not a number"))
+            })?;
+        Ok(Some(number))
+    };
+    let required = |key: &str| {
+        number(key)?
+            .ok_or_else(|| WorkerError::InvalidModel(format!("GGUF metadata lacks `{key}`")))
+    };
+    if number("llama.expert_count")?.is_some_and(|n| n > 1.0) {
+        return Err(QuantError::Unsupported("mixture-of-experts llama".into()).into());
+    }
+    let embedding = required("llama.embedding_length")? as usize;
+    let heads = required("llama.attention.head_count")? as usize;
+    let config = LlamaConfig {
+        layers: required("llama.block_count")? as usize,
+        embedding,
+        heads,
+        kv_heads: number("llama.attention.head_count_kv")?.map_or(heads, |n| n as usize),
+        feed_forward: required("llama.feed_forward_length")? as usize,
+        rope_base: number("llama.rope.freq_base")?.map_or(10_000.0, |n| n as f32),
+        rope_dimensions: number("llama.rope.dimension_count")?
+            .map_or(embedding / heads.max(1), |n| n as usize),
+        rms_epsilon: required("llama.attention.layer_norm_rms_epsilon")? as f32,
+        context_length,
+    };
+    let model = Llama::load(config, |name| {
+        let Some(info) = content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let format = match info.ggml_dtype {
+            GgmlDType::F32 => TensorFormat::F32,
+            GgmlDType::Q4_1 => TensorFormat::Quantized(aigc_quant::WeightFormat::Q4_1),
+            GgmlDType::Q8_0 => TensorFormat::Quantized(aigc_quant::WeightFormat::Q8_0),
+            other => {
+                return Err(QuantError::Unsupported(format!(
+                    "tensor `{name}` is {other:?}"
+                )));
+            }
+        };
+        let tensor = content
+            .tensor(file, name, &Device::Cpu)
+            .and_then(|t| Ok((t.shape().dims().to_vec(), t.data()?.into_owned())))
+            .map_err(|e| QuantError::Model(format!("reading tensor `{name}`: {e}")))?;
+        Ok(Some(RawTensor {
+            format,
+            dims: tensor.0,
+            data: tensor.1,
+        }))
+    })?;
+    Ok(model)
 }

@@ -1,0 +1,203 @@
+//! Quantized weight matrices times f32 activations: `y = x W^T`, with the activations
+//! quantized once per row and the weight rows spread over rayon's threads.
+
+use rayon::prelude::*;
+
+use crate::QuantError;
+use crate::formats::{BLOCK, Q8Block, WeightFormat, dequantize_row, quantize_q8};
+use crate::kernels::{Isa, matmul_rows};
+
+/// A `rows x cols` matrix of GGUF blocks, row-major (the layout GGUF stores a linear
+/// layer's weight in: one row per output).
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// Activation rows quantized for [`QMatrix::matmul_quantized`]; reusable, so that the
+/// matrices sharing an input (q, k, v; gate, up) quantize it once.
+#[derive(Debug, Clone, Default)]
+pub struct Activations {
+    rows: usize,
+    cols: usize,
+    blocks: Vec<Q8Block>,
+}
+
+impl Activations {
+    /// Quantizes `x`, `rows` rows of `cols` values each.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) -> Result<(), QuantError> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || !x.len().is_multiple_of(cols) {
+            return Err(QuantError::Shape(format!(
+                "activations: {} values in rows of {cols}; rows must be a non-zero multiple of {BLOCK} and divide the values",
+                x.len()
+            )));
+        }
+        self.rows = x.len() / cols;
+        self.cols = cols;
+        quantize_q8(x, &mut self.blocks);
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, i: usize) -> &[Q8Block] {
+        let per_row = self.cols / BLOCK;
+        &self.blocks[i * per_row..(i + 1) * per_row]
+    }
+}
+
+impl QMatrix {
+    /// Wraps `data`, `rows` rows of `cols / 32` blocks of `format`.
+    pub fn new(
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, QuantError> {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return Err(QuantError::Shape(format!(
+                "{} matrix {rows}x{cols}: both sizes must be non-zero and columns a multiple of {BLOCK}",
+                format.name()
+            )));
+        }
+        let expected = rows * cols / BLOCK * format.block_bytes();
+        if data.len() != expected {
+            return Err(QuantError::Shape(format!(
+                "{} matrix {rows}x{cols} needs {expected} bytes, got {}",
+                format.name(),
+                data.len()
+            )));
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let bytes = self.row_bytes();
+        &self.data[r * bytes..(r + 1) * bytes]
+    }
+
+    /// Row `r` as f32 values (an embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        if r >= self.rows || out.len() != self.cols {
+            return Err(QuantError::Shape(format!(
+                "row {r} of a {}x{} matrix into {} values",
+                self.rows,
+                self.cols,
+                out.len()
+            )));
+        }
+        dequantize_row(self.format, self.row(r), out);
+        Ok(())
+    }
+
+    /// `out = x W^T` for `x` with rows of `cols` values: `out` gets `rows` values per row of
+    /// `x`, with the fastest kernels this CPU has.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> Result<(), QuantError> {
+        let mut activations = Activations::default();
+        activations.quantize(x, self.cols)?;
+        self.matmul_quantized(&activations, out, Isa::detect())
+    }
+
+    /// `out = x W^T` for already quantized activations, with the kernels of `isa`.
+    pub fn matmul_quantized(
+        &self,
+        x: &Activations,
+        out: &mut [f32],
+        isa: Isa,
+    ) -> Result<(), QuantError> {
+        if x.cols != self.cols || out.len() != x.rows * self.rows {
+            return Err(QuantError::Shape(format!(
+                "{}x{} activations times a {}x{} matrix into {} outputs",
+                x.rows,
+                x.cols,
+                self.rows,
+                self.cols,
+                out.len()
+            )));
+        }
+        if !isa.supported() {
+            return Err(QuantError::Unsupported(format!(
+                "{} kernels on this CPU (it has: {})",
+                isa.name(),
+                Isa::available()
+                    .iter()
+                    .map(|i| i.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let n = x.rows;
+        // Weight rows per task: a few tasks per thread so uneven threads even out.
+        let threads = rayon::current_num_threads();
+        let chunk = if threads == 1 {
+            self.rows
+        } else {
+            self.rows.div_ceil(threads * 4).max(16)
+        };
+        let work = |r0: usize, dst: &mut [f32]| self.rows_into(isa, x, r0, dst);
+        if n == 1 {
+            // One activation row: the output is already in weight-row order.
+            if chunk >= self.rows {
+                work(0, out);
+            } else {
+                out.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(i, dst)| work(i * chunk, dst));
+            }
+            return Ok(());
+        }
+        // Several rows: compute in weight-row-major order (each weight row is read once for
+        // all activation rows), then transpose.
+        let mut by_weight_row = vec![0f32; self.rows * n];
+        if chunk >= self.rows {
+            work(0, &mut by_weight_row);
+        } else {
+            by_weight_row
+                .par_chunks_mut(chunk * n)
+                .enumerate()
+                .for_each(|(i, dst)| work(i * chunk, dst));
+        }
+        for (r, values) in by_weight_row.chunks_exact(n).enumerate() {
+            for (t, v) in values.iter().enumerate() {
+                out[t * self.rows + r] = *v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight rows `r0..` (as many as `dst` has room for) times every activation row, into
+    /// `dst[(r - r0) * n + t]`.
+    fn rows_into(&self, isa: Isa, x: &Activations, r0: usize, dst: &mut [f32]) {
+        let xs: Vec<&[Q8Block]> = (0..x.rows).map(|t| x.row(t)).collect();
+        let rows = dst.len() / x.rows;
+        let bytes = self.row_bytes();
+        let weights = &self.data[r0 * bytes..(r0 + rows) * bytes];
+        matmul_rows(isa, self.format, weights, &xs, dst);
+    }
+}
