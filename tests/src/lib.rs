@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aigc_local_cluster::schema::{FieldError, UnknownFields, admit_custom_resource};
+use aigc_local_cluster::schema::{CelRules, FieldError, UnknownFields, admit_custom_resource};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 use serde_json::Value;
@@ -84,7 +84,9 @@ pub fn admit(document: &Value) -> Result<Value, Vec<FieldError>> {
     let kind = document["kind"].as_str().unwrap_or_default();
     let crd =
         crd_for(api_version, kind).unwrap_or_else(|| panic!("no CRD serves {api_version} {kind}"));
-    admit_custom_resource(&crd_schema(&crd), document, UnknownFields::Reject)
+    let schema = crd_schema(&crd);
+    let rules = CelRules::compile(Some(&schema));
+    admit_custom_resource(&schema, &rules, document, UnknownFields::Reject)
 }
 
 /// Run `python3 tests/scripts/<script> <args>` and return its stdout. Panics with the script's

@@ -17,15 +17,19 @@ use crate::formats::{BLOCK, Q8Block, WeightFormat, f16_at, q4_1_quants};
 /// Activation rows multiplied per weight-row load.
 pub const TILE: usize = 4;
 
-/// The instruction set the kernels run with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The instruction set the kernels run with; each one needs the features of those before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable Rust; the reference the others must equal.
     Scalar,
     /// AVX2 + FMA + F16C (x86-64, 2013 onwards).
     Avx2,
-    /// AVX2 kernels with the integer dot products done by AVX-512 VNNI (`vpdpbusd`, 256-bit).
+    /// The AVX2 kernels with the integer dot products done by AVX-512 VNNI (`vpdpbusd` on
+    /// 256 bits; AVX512-VL).
     Avx512Vnni,
+    /// 512-bit Q4_1 kernel, two blocks per instruction (AVX512-F/BW/VL/VNNI); Q8_0 as
+    /// `Avx512Vnni`.
+    Avx512,
 }
 
 impl Isa {
@@ -38,10 +42,16 @@ impl Isa {
                 let avx2 = is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c");
-                if avx2
+                let vnni = avx2
                     && is_x86_feature_detected!("avx512vnni")
-                    && is_x86_feature_detected!("avx512vl")
-                {
+                    && is_x86_feature_detected!("avx512vl");
+                let avx512 = vnni
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw");
+                if avx512 {
+                    return Isa::Avx512;
+                }
+                if vnni {
                     return Isa::Avx512Vnni;
                 }
                 if avx2 {
@@ -54,7 +64,7 @@ impl Isa {
 
     /// Every instruction set this CPU can run, the reference first (for tests and benchmarks).
     pub fn available() -> Vec<Self> {
-        [Self::Scalar, Self::Avx2, Self::Avx512Vnni]
+        [Self::Scalar, Self::Avx2, Self::Avx512Vnni, Self::Avx512]
             .into_iter()
             .filter(|isa| isa.supported())
             .collect()
@@ -62,12 +72,7 @@ impl Isa {
 
     /// Whether this CPU can run the kernels of `self`.
     pub fn supported(self) -> bool {
-        matches!(
-            (self, Self::detect()),
-            (Self::Scalar, _)
-                | (Self::Avx2, Self::Avx2 | Self::Avx512Vnni)
-                | (Self::Avx512Vnni, Self::Avx512Vnni)
-        )
+        self <= Self::detect()
     }
 
     pub fn name(self) -> &'static str {
@@ -75,6 +80,7 @@ impl Isa {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
             Self::Avx512Vnni => "avx512vnni",
+            Self::Avx512 => "avx512",
         }
     }
 }
@@ -122,7 +128,7 @@ pub(crate) fn matmul_rows(
         // SAFETY: the CPU has the features (checked above), and the shapes were checked
         // at the top, which is all the kernels' pointer reads rely on.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Avx512 => unsafe {
             x86::matmul_rows(isa, format, weights, row_bytes, xs, dst)
         },
         #[cfg(not(target_arch = "x86_64"))]
@@ -227,6 +233,10 @@ mod x86 {
     ) {
         unsafe {
             match (isa, format) {
+                (Isa::Avx512, WeightFormat::Q4_1) => q4_1_512(weights, row_bytes, xs, dst),
+                // The 512-bit Q8_0 kernel measured slower than the 256-bit one here
+                // (examples/bench_kernels.rs); both give the same numbers.
+                (Isa::Avx512, WeightFormat::Q8_0) => q8_0_vnni(weights, row_bytes, xs, dst),
                 (Isa::Avx512Vnni, WeightFormat::Q4_1) => q4_1_vnni(weights, row_bytes, xs, dst),
                 (Isa::Avx512Vnni, WeightFormat::Q8_0) => q8_0_vnni(weights, row_bytes, xs, dst),
                 (_, WeightFormat::Q4_1) => q4_1_avx2(weights, row_bytes, xs, dst),
@@ -274,6 +284,12 @@ mod x86 {
     kernel!(q4_1_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q4_1, Vnni);
     kernel!(q8_0_avx2, "avx2,fma,f16c", q8_0, Maddubs);
     kernel!(q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q8_0, Vnni);
+    kernel!(
+        q4_1_512,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl",
+        q4_1_wide,
+        Vnni
+    );
 
     /// Adds the 8 lanes in [`sum_lanes`]' order.
     #[inline(always)]
@@ -285,65 +301,204 @@ mod x86 {
         }
     }
 
+    /// A Q4_1 block's `d` and `m`.
+    #[inline(always)]
+    unsafe fn q4_1_scales(block: *const u8) -> (f32, f32) {
+        unsafe {
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
+            (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)))
+        }
+    }
+
+    /// A Q4_1 block's 32 quants as bytes, in value order.
+    #[inline(always)]
+    unsafe fn q4_1_quants(block: *const u8) -> __m256i {
+        unsafe {
+            let low = _mm_set1_epi8(0x0F);
+            let packed = _mm_loadu_si128(block.add(4).cast());
+            let lo = _mm_and_si128(packed, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// A Q8_0 block's `d`.
+    #[inline(always)]
+    unsafe fn q8_0_scale(block: *const u8) -> f32 {
+        unsafe {
+            let bits = i32::from(block.cast::<u16>().read_unaligned());
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+        }
+    }
+
+    /// Block `b` of a Q4_1 row times block `b` of `N` activation rows, into one of the two
+    /// accumulator sets.
+    #[inline(always)]
+    unsafe fn q4_1_step<D: ByteDot, const N: usize>(
+        block: *const u8,
+        b: usize,
+        xs: &[&[Q8Block]; N],
+        acc: &mut [__m256; N],
+    ) {
+        unsafe {
+            let (d, _) = q4_1_scales(block);
+            let quants = q4_1_quants(block);
+            for r in 0..N {
+                let x = xs[r].get_unchecked(b);
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                let lanes = _mm256_cvtepi32_ps(D::dot(quants, xq));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
+            }
+        }
+    }
+
+    /// The offset term of a Q4_1 row with one activation row: `m * s` summed over the even
+    /// and the odd blocks separately, in block order (a loop of its own, so the main loop
+    /// keeps its registers for the accumulators).
+    #[inline(always)]
+    unsafe fn q4_1_offsets(row: &[u8], x: &[Q8Block]) -> f32 {
+        const BYTES: usize = WeightFormat::Q4_1.block_bytes();
+        unsafe {
+            // (No closures here: they would not inherit the target features.)
+            let (mut even, mut odd) = (0f32, 0f32);
+            let mut b = 0;
+            while b + 1 < x.len() {
+                let (_, m_even) = q4_1_scales(row.as_ptr().add(b * BYTES));
+                let (_, m_odd) = q4_1_scales(row.as_ptr().add((b + 1) * BYTES));
+                even += m_even * x.get_unchecked(b).s;
+                odd += m_odd * x.get_unchecked(b + 1).s;
+                b += 2;
+            }
+            if b < x.len() {
+                even += q4_1_scales(row.as_ptr().add(b * BYTES)).1 * x.get_unchecked(b).s;
+            }
+            even + odd
+        }
+    }
+
     /// Q4_1 weights: unpack the 32 nibbles once, then multiply with `N` activation rows.
     #[inline(always)]
     unsafe fn q4_1<D: ByteDot, const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
         const BYTES: usize = WeightFormat::Q4_1.block_bytes();
         unsafe {
             let blocks = row.len() / BYTES;
-            let low = _mm_set1_epi8(0x0F);
-            let mut acc = [[_mm256_setzero_ps(); N]; 2];
-            let mut offsets = [[0f32; N]; 2];
-            for (b, parity) in (0..blocks).map(|b| (b, b & 1)) {
-                let block = row.as_ptr().add(b * BYTES);
-                // d and m are the block's first two f16 values.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(block.cast::<i32>().read_unaligned()));
-                let d = _mm_cvtss_f32(dm);
-                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                let packed = _mm_loadu_si128(block.add(4).cast());
-                let lo = _mm_and_si128(packed, low);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(packed), low);
-                let quants = _mm256_set_m128i(hi, lo);
-                for r in 0..N {
-                    let x = xs[r].get_unchecked(b);
-                    let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
-                    let lanes = _mm256_cvtepi32_ps(D::dot(quants, xq));
-                    acc[parity][r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[parity][r]);
-                    offsets[parity][r] += m * x.s;
-                }
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+            let at = |b: usize| row.as_ptr().add(b * BYTES);
+            let mut b = 0;
+            while b + 1 < blocks {
+                q4_1_step::<D, N>(at(b), b, xs, &mut even);
+                q4_1_step::<D, N>(at(b + 1), b + 1, xs, &mut odd);
+                b += 2;
             }
-            std::array::from_fn(|r| {
-                hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + (offsets[0][r] + offsets[1][r])
-            })
+            if b < blocks {
+                q4_1_step::<D, N>(at(b), b, xs, &mut even);
+            }
+            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]))
         }
     }
 
-    /// Q8_0 weights. The sign trick (`|w|` times `x` with w's sign) keeps the bytes in the
-    /// unsigned x signed form of [`ByteDot`]; activations are in -127..=127, so negating
-    /// them never overflows.
+    /// Block `b` of a Q8_0 row times block `b` of `N` activation rows. The sign trick (`|w|`
+    /// times `x` with w's sign) keeps the bytes in the unsigned x signed form of
+    /// [`ByteDot`]; activations are in -127..=127, so negating them never overflows.
+    #[inline(always)]
+    unsafe fn q8_0_step<D: ByteDot, const N: usize>(
+        block: *const u8,
+        b: usize,
+        xs: &[&[Q8Block]; N],
+        acc: &mut [__m256; N],
+    ) {
+        unsafe {
+            let d = q8_0_scale(block);
+            let w = _mm256_loadu_si256(block.add(2).cast());
+            let magnitude = _mm256_sign_epi8(w, w);
+            for r in 0..N {
+                let x = xs[r].get_unchecked(b);
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
+                let lanes = _mm256_cvtepi32_ps(D::dot(magnitude, _mm256_sign_epi8(xq, w)));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[r]);
+            }
+        }
+    }
+
+    /// Q8_0 weights times `N` activation rows.
     #[inline(always)]
     unsafe fn q8_0<D: ByteDot, const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
         const BYTES: usize = WeightFormat::Q8_0.block_bytes();
         unsafe {
             let blocks = row.len() / BYTES;
-            let mut acc = [[_mm256_setzero_ps(); N]; 2];
-            for (b, parity) in (0..blocks).map(|b| (b, b & 1)) {
-                let block = row.as_ptr().add(b * BYTES);
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-                    block.cast::<u16>().read_unaligned(),
-                ))));
-                let w = _mm256_loadu_si256(block.add(2).cast());
-                let magnitude = _mm256_sign_epi8(w, w);
-                for r in 0..N {
-                    let x = xs[r].get_unchecked(b);
-                    let xq = _mm256_loadu_si256(x.qs.as_ptr().cast());
-                    let lanes = _mm256_cvtepi32_ps(D::dot(magnitude, _mm256_sign_epi8(xq, w)));
-                    acc[parity][r] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), lanes, acc[parity][r]);
-                }
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+            let at = |b: usize| row.as_ptr().add(b * BYTES);
+            let mut b = 0;
+            while b + 1 < blocks {
+                q8_0_step::<D, N>(at(b), b, xs, &mut even);
+                q8_0_step::<D, N>(at(b + 1), b + 1, xs, &mut odd);
+                b += 2;
             }
-            std::array::from_fn(|r| hsum(_mm256_add_ps(acc[0][r], acc[1][r])))
+            if b < blocks {
+                q8_0_step::<D, N>(at(b), b, xs, &mut even);
+            }
+            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])))
+        }
+    }
+
+    /// Two blocks' 8-lane accumulators in one register: even blocks in the low half, odd
+    /// blocks in the high half, exactly the two accumulator sets of the 256-bit kernels.
+    #[inline(always)]
+    unsafe fn halves(acc: __m512) -> (__m256, __m256) {
+        unsafe {
+            let high = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc));
+            (_mm512_castps512_ps256(acc), _mm256_castpd_ps(high))
+        }
+    }
+
+    /// `[a; 8]` in the low half, `[b; 8]` in the high half.
+    #[inline(always)]
+    unsafe fn pair_scale(a: f32, b: f32) -> __m512 {
+        unsafe { _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b)) }
+    }
+
+    /// Two activation blocks' quants in one register.
+    #[inline(always)]
+    unsafe fn pair_quants(even: &Q8Block, odd: &Q8Block) -> __m512i {
+        unsafe {
+            let low = _mm512_castsi256_si512(_mm256_loadu_si256(even.qs.as_ptr().cast()));
+            _mm512_inserti64x4::<1>(low, _mm256_loadu_si256(odd.qs.as_ptr().cast()))
+        }
+    }
+
+    /// [`q4_1`] two blocks per instruction on 512 bits; the same numbers.
+    #[inline(always)]
+    unsafe fn q4_1_wide<D: ByteDot, const N: usize>(row: &[u8], xs: &[&[Q8Block]; N]) -> [f32; N] {
+        const BYTES: usize = WeightFormat::Q4_1.block_bytes();
+        unsafe {
+            let blocks = row.len() / BYTES;
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut b = 0;
+            while b + 1 < blocks {
+                let even = row.as_ptr().add(b * BYTES);
+                let odd = even.add(BYTES);
+                let ((de, _), (d_o, _)) = (q4_1_scales(even), q4_1_scales(odd));
+                // [even, odd] quants -> [lo_even, hi_even, lo_odd, hi_odd] (128-bit lanes)
+                let (qe, qo) = (q4_1_quants(even), q4_1_quants(odd));
+                let quants = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qe), qo);
+                for r in 0..N {
+                    let (xe, xo) = (xs[r].get_unchecked(b), xs[r].get_unchecked(b + 1));
+                    let dot =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), quants, pair_quants(xe, xo));
+                    let scale = pair_scale(de * xe.d, d_o * xo.d);
+                    acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+                }
+                b += 2;
+            }
+            let mut even = [_mm256_setzero_ps(); N];
+            let mut odd = [_mm256_setzero_ps(); N];
+            for r in 0..N {
+                (even[r], odd[r]) = halves(acc[r]);
+            }
+            if b < blocks {
+                q4_1_step::<D, N>(row.as_ptr().add(b * BYTES), b, xs, &mut even);
+            }
+            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]))
         }
     }
 }

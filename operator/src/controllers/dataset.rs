@@ -671,10 +671,10 @@ pub fn error_policy(_dataset: Arc<Dataset>, error: &Error, _state: Arc<State>) -
 }
 
 /// Run the Dataset controller until the process is asked to stop. It reconciles on changes to
-/// Datasets, their Jobs, and the TrainingJobs that read them.
-pub async fn run(ctx: Arc<Context>) {
+/// Datasets, their Jobs, and the TrainingJobs that read them. `caches` are shared with the
+/// Model controller; the caller keeps them current (see [`Caches::new`]).
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let client = ctx.client.clone();
-    let (caches, drive) = Caches::new(&client);
     let stopped = ctx.stopped();
     // Built here so `/readyz` waits for its cache and `/metrics` lists the kind.
     let controller = ctx.controller(
@@ -687,32 +687,26 @@ pub async fn run(ctx: Arc<Context>) {
         caches: caches.clone(),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    let controller = async move {
-        caches.ready().await;
-        controller
-            .owns(Api::<Job>::all(client.clone()), managed)
-            .watches(
-                Api::<TrainingJob>::all(client),
-                watcher::Config::default(),
-                |job| {
-                    let namespace = job.namespace().unwrap_or_default();
-                    std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
-                },
-            )
-            .graceful_shutdown_on(stopped)
-            .run(instrumented("Dataset", reconcile), error_policy, state)
-            .for_each(|result| async move {
-                match result {
-                    Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
-                    Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
-                }
-            })
-            .await;
-    };
-    tokio::select! {
-        () = controller => {}
-        () = drive => {}
-    }
+    caches.ready().await;
+    controller
+        .owns(Api::<Job>::all(client.clone()), managed)
+        .watches(
+            Api::<TrainingJob>::all(client),
+            watcher::Config::default(),
+            |job| {
+                let namespace = job.namespace().unwrap_or_default();
+                std::iter::once(ObjectRef::new(&job.spec.dataset_ref.name).within(&namespace))
+            },
+        )
+        .graceful_shutdown_on(stopped)
+        .run(instrumented("Dataset", reconcile), error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((dataset, _)) => tracing::debug!(dataset = %dataset, "reconciled Dataset"),
+                Err(error) => tracing::warn!(%error, "Dataset reconcile failed"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -156,7 +156,11 @@ impl Context {
         self.health.expect_cache(kind);
         let health = self.health.clone();
         let (reader, writer) = reflector::store();
-        let events = reflector(writer, watcher(api, config)).inspect(move |event| {
+        // Field ownership is never read by a reconcile and is most of an applied object.
+        let objects = watcher(api, config)
+            .default_backoff()
+            .modify(|obj| obj.managed_fields_mut().clear());
+        let events = reflector(writer, objects).inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
                 health.cache_synced(kind);
             }
@@ -167,15 +171,24 @@ impl Context {
 
 /// Run every controller until [`Context::stopped`] completes.
 pub async fn run_all(ctx: Arc<Context>) {
-    tokio::join!(
-        storage_tier::run(ctx.clone()),
-        inference_service::run(ctx.clone()),
-        training_job::run(ctx.clone()),
-        admission::run(ctx.clone()),
-        dataset::run(ctx.clone()),
-        model::run(ctx.clone()),
-        tiering::run(ctx),
-    );
+    // One set of watched views for the Dataset and Model controllers, not one each.
+    let (caches, keep_current) = cache::Caches::new(&ctx.client);
+    let controllers = async {
+        tokio::join!(
+            storage_tier::run(ctx.clone()),
+            inference_service::run(ctx.clone()),
+            training_job::run(ctx.clone()),
+            admission::run(ctx.clone()),
+            dataset::run(ctx.clone(), caches.clone()),
+            model::run(ctx.clone(), caches),
+            tiering::run(ctx.clone()),
+        )
+    };
+    // The views' watches never end on their own; they stop with the controllers.
+    tokio::select! {
+        _ = controllers => {}
+        () = keep_current => {}
+    }
 }
 
 /// Every controller's shared state leads to the process's [`Context`]: most controllers share

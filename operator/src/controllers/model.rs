@@ -646,10 +646,10 @@ pub fn error_policy(_model: Arc<Model>, error: &Error, _state: Arc<State>) -> Ac
 
 /// Run the Model controller until the process is asked to stop. It reconciles on changes to
 /// Models, their Jobs, the TrainingJobs that produce or fine-tune them and the
-/// InferenceServices that serve them.
-pub async fn run(ctx: Arc<Context>) {
+/// InferenceServices that serve them. `caches` are shared with the Dataset controller; the
+/// caller keeps them current (see [`Caches::new`]).
+pub async fn run(ctx: Arc<Context>, caches: Caches) {
     let client = ctx.client.clone();
-    let (caches, drive) = Caches::new(&client);
     let stopped = ctx.stopped();
     // Built here so `/readyz` waits for its cache and `/metrics` lists the kind.
     let controller = ctx.controller(
@@ -662,51 +662,45 @@ pub async fn run(ctx: Arc<Context>) {
         caches: caches.clone(),
     });
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-    let controller = async move {
-        caches.ready().await;
-        controller
-            .owns(Api::<Job>::all(client.clone()), managed)
-            .watches(
-                Api::<TrainingJob>::all(client.clone()),
-                watcher::Config::default(),
-                |job| {
-                    let namespace = job.namespace().unwrap_or_default();
-                    let mut names = vec![job.spec.output.model_name.clone()];
-                    names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
-                    if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
-                        names.push(r.name.clone());
-                    }
-                    names
-                        .into_iter()
-                        .map(move |name| ObjectRef::new(&name).within(&namespace))
-                },
-            )
-            .watches(
-                Api::<InferenceService>::all(client),
-                watcher::Config::default(),
-                |isvc| {
-                    let namespace = isvc.namespace().unwrap_or_default();
-                    let mut names = vec![isvc.spec.model_ref.name.clone()];
-                    names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
-                    names
-                        .into_iter()
-                        .map(move |name| ObjectRef::new(&name).within(&namespace))
-                },
-            )
-            .graceful_shutdown_on(stopped)
-            .run(instrumented("Model", reconcile), error_policy, state)
-            .for_each(|result| async move {
-                match result {
-                    Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
-                    Err(error) => tracing::warn!(%error, "Model reconcile failed"),
+    caches.ready().await;
+    controller
+        .owns(Api::<Job>::all(client.clone()), managed)
+        .watches(
+            Api::<TrainingJob>::all(client.clone()),
+            watcher::Config::default(),
+            |job| {
+                let namespace = job.namespace().unwrap_or_default();
+                let mut names = vec![job.spec.output.model_name.clone()];
+                names.extend(job.spec.base_model_ref.iter().map(|r| r.name.clone()));
+                if let Some(r) = job.status.as_ref().and_then(|s| s.model_ref.as_ref()) {
+                    names.push(r.name.clone());
                 }
-            })
-            .await;
-    };
-    tokio::select! {
-        () = controller => {}
-        () = drive => {}
-    }
+                names
+                    .into_iter()
+                    .map(move |name| ObjectRef::new(&name).within(&namespace))
+            },
+        )
+        .watches(
+            Api::<InferenceService>::all(client),
+            watcher::Config::default(),
+            |isvc| {
+                let namespace = isvc.namespace().unwrap_or_default();
+                let mut names = vec![isvc.spec.model_ref.name.clone()];
+                names.extend(isvc.spec.canary.iter().map(|c| c.model_ref.name.clone()));
+                names
+                    .into_iter()
+                    .map(move |name| ObjectRef::new(&name).within(&namespace))
+            },
+        )
+        .graceful_shutdown_on(stopped)
+        .run(instrumented("Model", reconcile), error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((model, _)) => tracing::debug!(model = %model, "reconciled Model"),
+                Err(error) => tracing::warn!(%error, "Model reconcile failed"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -68,11 +68,18 @@ impl Harness {
         };
         let ctx: Arc<Context> = Context::new(self.client.clone(), config);
         self.controllers = Some(tokio::spawn(async move {
-            tokio::join!(
-                controllers::dataset::run(ctx.clone()),
-                controllers::model::run(ctx.clone()),
-                controllers::tiering::run(ctx),
-            );
+            let (caches, keep_current) = controllers::cache::Caches::new(&ctx.client);
+            let running = async {
+                tokio::join!(
+                    controllers::dataset::run(ctx.clone(), caches.clone()),
+                    controllers::model::run(ctx.clone(), caches),
+                    controllers::tiering::run(ctx.clone()),
+                )
+            };
+            tokio::select! {
+                _ = running => {}
+                () = keep_current => {}
+            }
         }));
     }
 
