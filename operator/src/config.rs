@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// (overrides `localRoot`; set on a single machine, never in a cluster).
     #[arg(long, env = "AIGC_LOCAL_ROOT", value_name = "DIR")]
     pub local_root: Option<PathBuf>,
+    /// Objects each controller reconciles at once (default 16). Higher spends memory on
+    /// bursts of changes; lower makes a burst take longer.
+    #[arg(long, env = "AIGC_MAX_CONCURRENT_RECONCILES", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_concurrent_reconciles: Option<u16>,
 }
 
 /// The config file as written.
@@ -116,6 +121,8 @@ pub struct OperatorConfig {
     /// Root under which filesystem tier paths are visible to the operator process; `None` in
     /// a cluster.
     pub local_root: Option<PathBuf>,
+    /// Reconciles in flight per controller; the controllers' default when `None`.
+    pub max_concurrent_reconciles: Option<u16>,
 }
 
 impl OperatorConfig {
@@ -154,6 +161,7 @@ impl OperatorConfig {
             worker_images,
             scheduler: file.scheduler,
             local_root: file.local_root,
+            max_concurrent_reconciles: None,
         };
         config
             .validate()
@@ -186,6 +194,7 @@ impl OperatorConfig {
         if let Some(root) = &args.local_root {
             config.local_root = Some(root.clone());
         }
+        config.max_concurrent_reconciles = args.max_concurrent_reconciles;
         config
             .validate()
             .map_err(|(field, message)| Error::Config {
@@ -204,6 +213,7 @@ impl OperatorConfig {
             local_root: self.local_root.clone(),
             tier_policy_interval: None,
             tier_probe_interval: None,
+            max_concurrent_reconciles: self.max_concurrent_reconciles,
         }
     }
 
@@ -241,7 +251,7 @@ mod tests {
     use super::*;
     use crate::scheduler::Gpus;
 
-    #[derive(Parser)]
+    #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
         run: RunArgs,
@@ -322,9 +332,15 @@ mod tests {
             "from/flag:2",
             "--local-root",
             "/data",
+            "--max-concurrent-reconciles",
+            "4",
         ])
         .unwrap();
         let config = OperatorConfig::from_args(&cli.run).unwrap();
+        assert_eq!(
+            config.controller_config().max_concurrent_reconciles,
+            Some(4)
+        );
         assert_eq!(config.worker_images.cpu, "from/file:1");
         assert_eq!(config.worker_images.gpu, "from/flag:2");
         assert_eq!(config.local_root.as_deref(), Some(Path::new("/data")));
@@ -356,5 +372,11 @@ mod tests {
         assert_eq!(cli.run.metrics_addr.port(), 8080);
         assert!(Cli::try_parse_from(["run", "--metrics-addr=nowhere"]).is_err());
         assert!(Cli::try_parse_from(["run", "--log-format=xml"]).is_err());
+        for bad in ["0", "1025", "many"] {
+            let err = Cli::try_parse_from(["run", "--max-concurrent-reconciles", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--max-concurrent-reconciles"), "{bad}: {err}");
+        }
     }
 }

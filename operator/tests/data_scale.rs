@@ -6,7 +6,10 @@
 //! Run with:
 //! `cargo test -p aigc-operator --test data_scale -- --ignored --nocapture`
 //! (`AIGC_SCALE=N` changes the count per kind; `AIGC_SCALE_LOG=FILE` keeps the operator's log,
-//! at `AIGC_SCALE_RUST_LOG` level, default `warn`).
+//! at `AIGC_SCALE_RUST_LOG` level, default `warn`; `AIGC_SCALE_WRAPPER="heaptrack -o F"` runs
+//! the operator under a profiler, the words of the variable before its command line;
+//! `AIGC_SCALE_OPERATOR=PATH` runs that binary instead of this build's, e.g. the release one
+//! users deploy: `cargo build --release -p aigc-operator`).
 
 mod support;
 
@@ -72,8 +75,13 @@ async fn thousands_of_datasets_and_models_reach_ready() {
         .unwrap_or(1000);
     let h = Harness::start().await;
     h.filesystem_tier("hot", "hot", json!({})).await;
-    let operator = Command::new(env!("CARGO_BIN_EXE_aigc-operator"))
-        .arg("run")
+    let wrapper = std::env::var("AIGC_SCALE_WRAPPER").unwrap_or_default();
+    let mut command_line: Vec<&str> = wrapper.split_whitespace().collect();
+    let binary = std::env::var("AIGC_SCALE_OPERATOR")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_aigc-operator").to_owned());
+    command_line.extend([binary.as_str(), "run"]);
+    let operator = Command::new(command_line[0])
+        .args(&command_line[1..])
         .env("KUBECONFIG", h.cluster.kubeconfig_path())
         .env(
             "RUST_LOG",

@@ -67,7 +67,15 @@ pub struct ControllerConfig {
     /// How often a Ready StorageTier is probed again (a failing one four times as often);
     /// [`storage_tier::PROBE_INTERVAL`] when unset.
     pub tier_probe_interval: Option<std::time::Duration>,
+    /// How many objects each controller reconciles at once; [`DEFAULT_CONCURRENCY`] when
+    /// unset. Bounding it keeps memory flat when thousands of objects change together.
+    pub max_concurrent_reconciles: Option<u16>,
 }
+
+/// Reconciles in flight per controller unless configured otherwise: enough to keep the API
+/// server busy, few enough that a burst of thousands of objects does not hold thousands of
+/// reconciles (each with its objects and a request in flight) in memory at once.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// What every reconcile gets: the client, the configuration, the event recorder, and the
 /// process's metrics, readiness and stop signal.
@@ -165,7 +173,12 @@ impl Context {
                 health.cache_synced(kind);
             }
         });
+        let concurrency = self
+            .config
+            .max_concurrent_reconciles
+            .unwrap_or(DEFAULT_CONCURRENCY);
         kube_runtime::Controller::for_stream(events.applied_objects(), reader)
+            .with_config(kube_runtime::controller::Config::default().concurrency(concurrency))
     }
 }
 
