@@ -650,19 +650,36 @@ impl Call {
             .get("limit")
             .and_then(|l| l.parse::<usize>().ok())
             .filter(|l| *l > 0);
-        let after = match self.params.get("continue").filter(|c| !c.is_empty()) {
+        let resumed = match self.params.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => Some(decode_continue(token)?),
             None => None,
         };
         let (items, metadata) = {
             let cluster = self.shared.lock();
-            let revision = cluster.store.revision();
             let key = self.resource.key();
             let namespace = self.path.namespace.as_deref();
-            let mut matching = cluster
-                .store
-                .list_stored(&key, namespace, after.as_ref())
-                .filter(|s| labels.matches(s.object()) && fields.matches(s.object()));
+            // Every page of a paged list shows the cluster as it was at the first page.
+            let (revision, after) = match &resumed {
+                Some((revision, after)) => (*revision, Some(after)),
+                None => (cluster.store.revision(), None),
+            };
+            let snapshot: Box<dyn Iterator<Item = Stored>> = match &resumed {
+                None => Box::new(cluster.store.list_stored(&key, namespace, None).cloned()),
+                Some(_) => Box::new(
+                    cluster
+                        .store
+                        .list_at(&key, namespace, after, revision)
+                        .map_err(|_| {
+                            ApiError::gone(
+                                "The provided continue parameter is too old to display a \
+                                 consistent list result. You can start a new list without \
+                                 the continue parameter.",
+                            )
+                        })?,
+                ),
+            };
+            let mut matching =
+                snapshot.filter(|s| labels.matches(s.object()) && fields.matches(s.object()));
             let mut items: Vec<Stored> = Vec::new();
             let mut more = false;
             for object in matching.by_ref() {
@@ -670,13 +687,15 @@ impl Call {
                     more = true;
                     break;
                 }
-                items.push(object.clone());
+                items.push(object);
             }
             let mut metadata = json!({"resourceVersion": revision.to_string()});
             if more && let Some(last) = items.last() {
                 let remaining = 1 + matching.count();
-                metadata["continue"] =
-                    json!(encode_continue(&crate::store::object_key(last.object())));
+                metadata["continue"] = json!(encode_continue(
+                    revision,
+                    &crate::store::object_key(last.object())
+                ));
                 metadata["remainingItemCount"] = json!(remaining);
             }
             (items, metadata)
@@ -1055,13 +1074,16 @@ fn set_pointer(target: &mut Value, pointer: &str, value: Value) {
     }
 }
 
-fn encode_continue(key: &(String, String)) -> String {
+/// A continue token: the revision the list is read at and the last key served.
+fn encode_continue(revision: u64, key: &(String, String)) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(json!({"namespace": key.0, "name": key.1}).to_string())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"resourceVersion": revision.to_string(), "namespace": key.0, "name": key.1})
+            .to_string(),
+    )
 }
 
-fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
     use base64::Engine;
     let invalid =
         || ApiError::bad_request("continue key is not valid: the token cannot be decoded");
@@ -1069,8 +1091,15 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
         .decode(token)
         .map_err(|_| invalid())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let revision = value["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(invalid)?;
     Ok((
-        value["namespace"].as_str().ok_or_else(invalid)?.to_owned(),
-        value["name"].as_str().ok_or_else(invalid)?.to_owned(),
+        revision,
+        (
+            value["namespace"].as_str().ok_or_else(invalid)?.to_owned(),
+            value["name"].as_str().ok_or_else(invalid)?.to_owned(),
+        ),
     ))
 }

@@ -122,6 +122,22 @@ pub struct Store {
     changes: broadcast::Sender<Arc<Change>>,
 }
 
+/// Two key-ordered sequences with no key in common, as one key-ordered sequence.
+fn merge_by_key(
+    a: impl Iterator<Item = (ObjectKey, Stored)>,
+    b: impl Iterator<Item = (ObjectKey, Stored)>,
+) -> impl Iterator<Item = Stored> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some((ka, _)), Some((kb, _))) => ka < kb,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if take_a { a.next() } else { b.next() }.map(|(_, stored)| stored)
+    })
+}
+
 /// The namespace/name key of an object.
 pub fn object_key(object: &Value) -> ObjectKey {
     let meta = &object["metadata"];
@@ -212,6 +228,56 @@ impl Store {
             .flat_map(move |table| table.range((lower.clone(), Bound::Unbounded)))
             .filter(move |((ns, _), _)| namespace.is_none_or(|n| n == ns))
             .map(|(_, object)| object)
+    }
+
+    /// Like [`Store::list_stored`], as the objects were at `revision`: what a paged list
+    /// serves after its first page, so pages read together form one consistent snapshot (as
+    /// an API server's do) even while objects are created, changed and deleted in between.
+    /// Fails when the history no longer reaches back to `revision`.
+    pub fn list_at<'a>(
+        &'a self,
+        resource: &ResourceKey,
+        namespace: Option<&'a str>,
+        after: Option<&'a ObjectKey>,
+        revision: u64,
+    ) -> Result<impl Iterator<Item = Stored> + 'a, TooOld> {
+        if revision < self.compacted {
+            return Err(TooOld {
+                oldest: self.compacted + 1,
+            });
+        }
+        let in_range = move |key: &ObjectKey| {
+            after.is_none_or(|a| key > a) && namespace.is_none_or(|n| n == key.0)
+        };
+        // The first change after `revision` to an object tells what it was at `revision`:
+        // absent if that change added it, otherwise the state that change replaced.
+        let mut then: BTreeMap<ObjectKey, Option<Arc<Value>>> = BTreeMap::new();
+        for change in self.history.iter().rev() {
+            if change.revision <= revision {
+                break;
+            }
+            if change.resource != *resource {
+                continue;
+            }
+            let key = object_key(&change.object);
+            if in_range(&key) {
+                let before = match change.kind {
+                    ChangeKind::Added => None,
+                    ChangeKind::Modified | ChangeKind::Deleted => change.previous.clone(),
+                };
+                // Walking backwards, the last insert for a key is its earliest change.
+                then.insert(key, before);
+            }
+        }
+        let current = self
+            .list_stored(resource, namespace, after)
+            .map(|stored| (object_key(&stored.object), stored.clone()))
+            .filter(|(key, _)| !then.contains_key(key))
+            .collect::<Vec<_>>();
+        let restored = then
+            .into_iter()
+            .filter_map(|(key, before)| before.map(|object| (key, Stored::new(object))));
+        Ok(merge_by_key(current.into_iter(), restored))
     }
 
     /// Every resource that has objects.
@@ -386,6 +452,47 @@ mod tests {
             group: String::new(),
             plural: "configmaps".to_owned(),
         }
+    }
+
+    #[test]
+    fn lists_at_an_earlier_revision_undo_the_later_writes() {
+        let mut store = Store::new(100);
+        let cm = |name: &str, v: &str| json!({"metadata": {"name": name, "namespace": "n"}, "data": {"v": v}});
+        store.put(&key(), cm("a", "1"));
+        store.put(&key(), cm("c", "1"));
+        store.put(&key(), cm("d", "1"));
+        let then = store.revision();
+        store.put(&key(), cm("b", "1"));
+        store.put(&key(), cm("c", "2"));
+        store.put(&key(), cm("c", "3"));
+        store.remove(&key(), "n", "d");
+        store.put(&key(), cm("d", "new"));
+        let at = |after: Option<&ObjectKey>| -> Vec<(String, String)> {
+            store
+                .list_at(&key(), Some("n"), after, then)
+                .unwrap()
+                .map(|s| {
+                    let o = s.object();
+                    (
+                        o["metadata"]["name"].as_str().unwrap().to_owned(),
+                        o["data"]["v"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        };
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(at(None), [pair("a", "1"), pair("c", "1"), pair("d", "1")]);
+        let after_a = ("n".to_owned(), "a".to_owned());
+        assert_eq!(at(Some(&after_a)), [pair("c", "1"), pair("d", "1")]);
+        assert_eq!(
+            store
+                .list_at(&key(), Some("other"), None, then)
+                .unwrap()
+                .count(),
+            0
+        );
+        store.compact();
+        assert!(store.list_at(&key(), Some("n"), None, then).is_err());
     }
 
     #[test]

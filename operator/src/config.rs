@@ -78,8 +78,8 @@ pub struct RunArgs {
     /// (overrides `localRoot`; set on a single machine, never in a cluster).
     #[arg(long, env = "AIGC_LOCAL_ROOT", value_name = "DIR")]
     pub local_root: Option<PathBuf>,
-    /// Objects each controller reconciles at once (default: unbounded). A bound spends less
-    /// memory on bursts of changes and makes them take longer; experimental (see README).
+    /// Objects each controller reconciles at once (default 16). More spends more memory on
+    /// bursts of changes (thousands of objects applied together).
     #[arg(long, env = "AIGC_MAX_CONCURRENT_RECONCILES", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_reconciles: Option<u16>,
@@ -121,7 +121,7 @@ pub struct OperatorConfig {
     /// Root under which filesystem tier paths are visible to the operator process; `None` in
     /// a cluster.
     pub local_root: Option<PathBuf>,
-    /// Reconciles in flight per controller; the controllers' default when `None`.
+    /// Reconciles in flight per controller; the controllers' default (16) when `None`.
     pub max_concurrent_reconciles: Option<u16>,
 }
 

@@ -181,6 +181,85 @@ async fn watcher_recovers_from_410_gone() {
     assert_eq!(inits, 2, "the 410 made the watcher list again");
 }
 
+/// A paged list is one snapshot: writes between its pages show up in the watch that starts
+/// from its resourceVersion, never lost between a page and the watch (a watcher that lists
+/// again after a 410 while objects are created relies on this).
+#[tokio::test]
+async fn paged_lists_are_one_snapshot_and_the_watch_after_them_sees_the_rest() {
+    let h = Harness::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(h.cluster.client(), "default");
+    for name in ["b", "d", "f", "h"] {
+        api.create(&PostParams::default(), &config_map(name, "1"))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let names = |list: &kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        list.items.iter().map(ResourceExt::name_any).collect()
+    };
+    assert_eq!(names(&first), ["b", "d"]);
+    let snapshot = first.metadata.resource_version.clone().unwrap();
+    // Between the pages: one object before the continue key, one after, one changed and
+    // one deleted.
+    api.create(&PostParams::default(), &config_map("a", "1"))
+        .await
+        .unwrap();
+    api.create(&PostParams::default(), &config_map("g", "1"))
+        .await
+        .unwrap();
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"key": "2"}})),
+    )
+    .await
+    .unwrap();
+    api.delete("h", &DeleteParams::default()).await.unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = api
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["f", "h"], "the rest as of the first page");
+    assert_eq!(second.items[0].data.as_ref().unwrap()["key"], "1");
+    assert_eq!(
+        second.metadata.resource_version.as_deref(),
+        Some(&*snapshot)
+    );
+    assert!(second.metadata.continue_.is_none());
+
+    // The watch from the list's version brings the four writes, in order.
+    let mut events = api
+        .watch(&kube::api::WatchParams::default().timeout(10), &snapshot)
+        .await
+        .unwrap()
+        .boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match events.try_next().await.unwrap().unwrap() {
+            kube::api::WatchEvent::Added(cm) => seen.push(format!("ADDED {}", cm.name_any())),
+            kube::api::WatchEvent::Modified(cm) => seen.push(format!("MODIFIED {}", cm.name_any())),
+            kube::api::WatchEvent::Deleted(cm) => seen.push(format!("DELETED {}", cm.name_any())),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["ADDED a", "ADDED g", "MODIFIED f", "DELETED h"]);
+
+    // A continue token older than the history answers 410 Expired, as the API server does.
+    h.cluster.expire_watches();
+    let error = api
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .unwrap_err();
+    match error {
+        kube::Error::Api(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+            assert!(status.message.contains("continue"), "{}", status.message);
+        }
+        other => panic!("expected 410 Expired, got {other}"),
+    }
+}
+
 #[tokio::test]
 async fn streaming_list_watcher_gets_initial_events_and_bookmark() {
     let h = Harness::start().await;

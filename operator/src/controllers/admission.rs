@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use aigc_crds::common::{Accelerator, Resources};
 use aigc_crds::condition::{find_condition, set_condition};
 use aigc_crds::inference_service::{InferenceService, InferenceServiceStatus};
-use aigc_crds::model::{Model, ModelPhase};
+use aigc_crds::model::{Model, ModelPhase, ModelStatus};
 use aigc_crds::training_job::{TrainingJob, TrainingJobPhase, TrainingJobStatus};
 use aigc_crds::{Condition, ConditionStatus};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -588,7 +588,7 @@ pub async fn run(ctx: Arc<Context>) {
             return;
         }
     };
-    let notify = Arc::new(Notify::new());
+    let notify = Notify::new();
     let client = ctx.client.clone();
     let (nodes, nodes_writer) = reflector::store::<core::Node>();
     let (pods, pods_writer) = reflector::store::<core::Pod>();
@@ -602,13 +602,40 @@ pub async fn run(ctx: Arc<Context>) {
         services,
         models,
     };
+    let all = watcher::Config::default;
+    // Finished pods hold no capacity: kube-scheduler watches pods with the same selector.
+    let unfinished = all().fields("status.phase!=Succeeded,status.phase!=Failed");
     let everything = async {
         tokio::join!(
-            reflect(Api::all(client.clone()), nodes_writer, notify.clone()),
-            reflect(Api::all(client.clone()), pods_writer, notify.clone()),
-            reflect(Api::all(client.clone()), jobs_writer, notify.clone()),
-            reflect(Api::all(client.clone()), services_writer, notify.clone()),
-            reflect(Api::all(client), models_writer, notify.clone()),
+            reflect(
+                Api::all(client.clone()),
+                all(),
+                nodes_writer,
+                &notify,
+                |_| {}
+            ),
+            reflect(
+                Api::all(client.clone()),
+                unfinished,
+                pods_writer,
+                &notify,
+                slim_pod
+            ),
+            reflect(
+                Api::all(client.clone()),
+                all(),
+                jobs_writer,
+                &notify,
+                |_| {}
+            ),
+            reflect(
+                Api::all(client.clone()),
+                all(),
+                services_writer,
+                &notify,
+                |_| {}
+            ),
+            reflect(Api::all(client), all(), models_writer, &notify, slim_model),
             schedule(&ctx, &scheduler, &stores, &notify),
         )
     };
@@ -627,14 +654,65 @@ struct Stores {
     models: Store<Model>,
 }
 
-async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, notify: Arc<Notify>)
-where
+/// Of a pod the loop reads its labels, node, phase, deletion and the containers' requests
+/// (see [`RunningPod::from_k8s`]); the rest (env, volumes, probes, statuses) is dropped.
+fn slim_pod(pod: &mut core::Pod) {
+    fn requests_only(container: core::Container) -> core::Container {
+        core::Container {
+            name: container.name,
+            resources: container.resources,
+            ..core::Container::default()
+        }
+    }
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(core::PodSpec {
+            node_name: spec.node_name,
+            overhead: spec.overhead,
+            containers: spec.containers.into_iter().map(requests_only).collect(),
+            init_containers: spec
+                .init_containers
+                .map(|c| c.into_iter().map(requests_only).collect()),
+            ..core::PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        pod.status = Some(core::PodStatus {
+            phase: status.phase,
+            ..core::PodStatus::default()
+        });
+    }
+}
+
+/// Of a Model the loop reads only whether it is Ready.
+fn slim_model(model: &mut Model) {
+    model.metadata.annotations = None;
+    model.metadata.labels = None;
+    if let Some(status) = model.status.take() {
+        model.status = Some(ModelStatus {
+            phase: status.phase,
+            ..ModelStatus::default()
+        });
+    }
+}
+
+async fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    notify: &Notify,
+    slim: fn(&mut K),
+) where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    watcher(api, watcher::Config::default())
+    watcher(api, config)
         .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
+        .modify(move |obj| {
+            // Field ownership is never read here and is most of an applied object's size.
+            obj.managed_fields_mut().clear();
+            slim(obj);
+        })
         .reflect(writer)
         .for_each(|event| {
             if let Err(error) = event {

@@ -432,6 +432,10 @@ fn bytes_of(inputs: &Inputs, item: &str) -> u64 {
     .unwrap_or(0)
 }
 
+/// Objects per list request: a pass holds one page of response at a time, not every
+/// Dataset and Model of the cluster as one body.
+const LIST_PAGE: u32 = 250;
+
 async fn list_all<K>(
     client: &kube::Client,
     params: &ListParams,
@@ -440,14 +444,24 @@ async fn list_all<K>(
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    Api::<K>::all(client.clone())
-        .list(params)
-        .await
-        .map(|l| l.items)
-        .map_err(|source| Error::Kube {
+    let api = Api::<K>::all(client.clone());
+    let mut items = Vec::new();
+    let mut page = params.clone().limit(LIST_PAGE);
+    loop {
+        let list = api.list(&page).await.map_err(|source| Error::Kube {
             action: format!("listing {what}"),
             source,
-        })
+        })?;
+        // Field ownership is never read by the policy and is most of an applied object.
+        items.extend(list.items.into_iter().map(|mut item| {
+            item.meta_mut().managed_fields = None;
+            item
+        }));
+        match list.metadata.continue_ {
+            Some(token) if !token.is_empty() => page = page.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
 }
 
 /// Read what the policy needs from the cluster.
