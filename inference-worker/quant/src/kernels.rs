@@ -245,36 +245,34 @@ mod x86 {
         }
     }
 
-    /// Every weight row times every activation row, [`TILE`] activation rows at a time.
-    #[inline(always)]
-    unsafe fn rows(
-        weights: &[u8],
-        row_bytes: usize,
-        xs: &[&[Q8Block]],
-        dst: &mut [f32],
-        tile: impl Fn(&[u8], &[&[Q8Block]], &mut [f32]),
-    ) {
-        for (row, out) in weights
-            .chunks_exact(row_bytes)
-            .zip(dst.chunks_exact_mut(xs.len()))
-        {
-            for (x, o) in xs.chunks(TILE).zip(out.chunks_mut(TILE)) {
-                tile(row, x, o);
-            }
-        }
-    }
-
+    /// A kernel: every weight row times every activation row, [`TILE`] activation rows at a
+    /// time. Its body has no closures: they would not inherit the target features.
     macro_rules! kernel {
         ($name:ident, $features:literal, $body:ident, $dot:ty) => {
             #[target_feature(enable = $features)]
             unsafe fn $name(weights: &[u8], row_bytes: usize, xs: &[&[Q8Block]], dst: &mut [f32]) {
                 unsafe {
-                    rows(weights, row_bytes, xs, dst, |row, x, o| match x.len() {
-                        4 => o.copy_from_slice(&$body::<$dot, 4>(row, x.try_into().unwrap())),
-                        3 => o.copy_from_slice(&$body::<$dot, 3>(row, x.try_into().unwrap())),
-                        2 => o.copy_from_slice(&$body::<$dot, 2>(row, x.try_into().unwrap())),
-                        _ => o.copy_from_slice(&$body::<$dot, 1>(row, x.try_into().unwrap())),
-                    })
+                    for (row, out) in weights
+                        .chunks_exact(row_bytes)
+                        .zip(dst.chunks_exact_mut(xs.len()))
+                    {
+                        for (x, o) in xs.chunks(TILE).zip(out.chunks_mut(TILE)) {
+                            match x.len() {
+                                4 => {
+                                    o.copy_from_slice(&$body::<$dot, 4>(row, x.try_into().unwrap()))
+                                }
+                                3 => {
+                                    o.copy_from_slice(&$body::<$dot, 3>(row, x.try_into().unwrap()))
+                                }
+                                2 => {
+                                    o.copy_from_slice(&$body::<$dot, 2>(row, x.try_into().unwrap()))
+                                }
+                                _ => {
+                                    o.copy_from_slice(&$body::<$dot, 1>(row, x.try_into().unwrap()))
+                                }
+                            }
+                        }
+                    }
                 }
             }
         };
@@ -393,7 +391,13 @@ mod x86 {
             if b < blocks {
                 q4_1_step::<D, N>(at(b), b, xs, &mut even);
             }
-            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]))
+            // A loop, not `array::from_fn`: its closure would not inherit the target
+            // features, and every intrinsic in it would become a call.
+            let mut sums = [0f32; N];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                *sum = hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]);
+            }
+            sums
         }
     }
 
@@ -437,7 +441,11 @@ mod x86 {
             if b < blocks {
                 q8_0_step::<D, N>(at(b), b, xs, &mut even);
             }
-            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])))
+            let mut sums = [0f32; N];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                *sum = hsum(_mm256_add_ps(even[r], odd[r]));
+            }
+            sums
         }
     }
 
@@ -498,7 +506,13 @@ mod x86 {
             if b < blocks {
                 q4_1_step::<D, N>(row.as_ptr().add(b * BYTES), b, xs, &mut even);
             }
-            std::array::from_fn(|r| hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]))
+            // A loop, not `array::from_fn`: its closure would not inherit the target
+            // features, and every intrinsic in it would become a call.
+            let mut sums = [0f32; N];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                *sum = hsum(_mm256_add_ps(even[r], odd[r])) + q4_1_offsets(row, xs[r]);
+            }
+            sums
         }
     }
 }

@@ -612,7 +612,7 @@ pub async fn run(ctx: Arc<Context>) {
                 all(),
                 nodes_writer,
                 &notify,
-                |_| {}
+                whole
             ),
             reflect(
                 Api::all(client.clone()),
@@ -621,19 +621,13 @@ pub async fn run(ctx: Arc<Context>) {
                 &notify,
                 slim_pod
             ),
-            reflect(
-                Api::all(client.clone()),
-                all(),
-                jobs_writer,
-                &notify,
-                |_| {}
-            ),
+            reflect(Api::all(client.clone()), all(), jobs_writer, &notify, whole),
             reflect(
                 Api::all(client.clone()),
                 all(),
                 services_writer,
                 &notify,
-                |_| {}
+                whole
             ),
             reflect(Api::all(client), all(), models_writer, &notify, slim_model),
             schedule(&ctx, &scheduler, &stores, &notify),
@@ -653,6 +647,9 @@ struct Stores {
     services: Store<InferenceService>,
     models: Store<Model>,
 }
+
+/// Keeps what the watch sends (apart from field ownership).
+fn whole<K>(_: &mut K) {}
 
 /// Of a pod the loop reads its labels, node, phase, deletion and the containers' requests
 /// (see [`RunningPod::from_k8s`]); the rest (env, volumes, probes, statuses) is dropped.
