@@ -208,6 +208,16 @@ impl Llama {
     /// the token after the last one. `start` may be at most the number of positions already
     /// fed; positions from `start` on are replaced.
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, QuantError> {
+        if rayon::current_thread_index().is_some() {
+            return self.forward_here(tokens, start);
+        }
+        // Run the whole pass on one of rayon's threads, the caller sleeping meanwhile:
+        // otherwise the caller's serial parts (norms, attention, quantizing) compete for the
+        // cores with pool threads that spin between the parallel matmuls.
+        rayon::scope(|_| self.forward_here(tokens, start))
+    }
+
+    fn forward_here(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, QuantError> {
         let c = &self.config;
         let (e, kv, hd) = (c.embedding, c.kv_width(), c.head_dim());
         if tokens.is_empty() {
