@@ -53,7 +53,7 @@ pub const FIELD_MANAGER: &str = "aigc-operator";
 
 /// Reconciles each controller runs at once unless configured: 1,000 Datasets and 1,000 Models
 /// applied together reach Ready as fast as unbounded (34 s in the scale benchmark) with a
-/// quarter less operator memory (65 MiB peak instead of 84 MiB).
+/// fifth less operator memory (65 MiB peak instead of 84 MiB).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 /// Settings the controllers share (built from `config::OperatorConfig`).
