@@ -110,6 +110,11 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed(&self, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, WorkerError> {
+        // Run on a rayon thread with the caller asleep, so the caller's serial parts do not
+        // compete for the cores with pool threads spinning between parallel ops.
+        if rayon::current_thread_index().is_none() {
+            return rayon::scope(|_| self.embed(inputs));
+        }
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].len());
         let mut vectors = vec![Vec::new(); inputs.len()];
