@@ -6,16 +6,18 @@
 //! from the view is applied again, not duplicated).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use aigc_crds::inference_service::InferenceService;
 use aigc_crds::storage_tier::StorageTier;
 use aigc_crds::training_job::TrainingJob;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::broadcast;
 
 use crate::controllers::worker_job::OWNER_UID_LABEL;
 
@@ -26,12 +28,19 @@ pub struct Caches {
     jobs: Store<Job>,
     training_jobs: Store<TrainingJob>,
     services: Store<InferenceService>,
+    /// Every Job the view took in, after it took it in.
+    job_changes: broadcast::Sender<Arc<Job>>,
 }
+
+/// Changed Jobs kept for subscribers that have not read them yet; one that falls further
+/// behind gets every Job of the view instead.
+const JOB_CHANGES: usize = 4096;
 
 fn watched<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
+    changes: Option<broadcast::Sender<Arc<K>>>,
 ) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()>
@@ -48,7 +57,27 @@ where
         obj.meta_mut().managed_fields = None;
         slim(obj);
     });
-    let drive = reflector(writer, stream).for_each(|_| futures::future::ready(()));
+    // The reflector updates the view before it passes an event on, so a subscriber told
+    // about a change finds it in the view. After a (re)list the view is replaced whole at
+    // `InitDone`, and every object in it counts as changed. No subscriber yet is fine:
+    // nothing waits on the change.
+    let view = store.clone();
+    let drive = reflector(writer, stream).for_each(move |event| {
+        if let Some(changes) = &changes {
+            match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    let _ = changes.send(Arc::new(obj));
+                }
+                Ok(watcher::Event::InitDone) => {
+                    for obj in view.state() {
+                        let _ = changes.send(obj);
+                    }
+                }
+                _ => {}
+            }
+        }
+        futures::future::ready(())
+    });
     (store, drive)
 }
 
@@ -58,14 +87,32 @@ impl Caches {
         let all = watcher::Config::default();
         let managed =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
-        let (tiers, a) = watched(Api::<StorageTier>::all(client.clone()), all.clone(), |_| {});
+        let (job_changes, _) = broadcast::channel(JOB_CHANGES);
+        let (tiers, a) = watched(
+            Api::<StorageTier>::all(client.clone()),
+            all.clone(),
+            |_| {},
+            None,
+        );
         // Of a Job only its labels, annotations and status are read; the pod template is not.
-        let (jobs, b) = watched(Api::<Job>::all(client.clone()), managed, |job| {
-            job.spec = None
-        });
-        let (training_jobs, c) =
-            watched(Api::<TrainingJob>::all(client.clone()), all.clone(), |_| {});
-        let (services, d) = watched(Api::<InferenceService>::all(client.clone()), all, |_| {});
+        let (jobs, b) = watched(
+            Api::<Job>::all(client.clone()),
+            managed,
+            |job| job.spec = None,
+            Some(job_changes.clone()),
+        );
+        let (training_jobs, c) = watched(
+            Api::<TrainingJob>::all(client.clone()),
+            all.clone(),
+            |_| {},
+            None,
+        );
+        let (services, d) = watched(
+            Api::<InferenceService>::all(client.clone()),
+            all,
+            |_| {},
+            None,
+        );
         let drive = async move {
             futures::join!(a, b, c, d);
         };
@@ -75,8 +122,37 @@ impl Caches {
                 jobs,
                 training_jobs,
                 services,
+                job_changes,
             },
             drive,
+        )
+    }
+
+    /// Worker Jobs as the view takes them in (created, changed or deleted), for a
+    /// controller's `owns_stream`: a reconcile it triggers reads the view and finds the change
+    /// there, which a trigger from a watch of its own would not guarantee. Subscribe before
+    /// waiting for [`Caches::ready`]. A subscriber that falls behind gets every Job of the
+    /// view instead of the changes it missed.
+    pub fn job_changes(&self) -> impl Stream<Item = Result<Job, watcher::Error>> + Send + 'static {
+        let receiver = self.job_changes.subscribe();
+        let jobs = self.jobs.clone();
+        futures::stream::unfold(
+            (receiver, Vec::new()),
+            move |(mut receiver, mut backlog): (_, Vec<Arc<Job>>)| {
+                let jobs = jobs.clone();
+                async move {
+                    loop {
+                        if let Some(job) = backlog.pop() {
+                            return Some((Ok((*job).clone()), (receiver, backlog)));
+                        }
+                        match receiver.recv().await {
+                            Ok(job) => return Some((Ok((*job).clone()), (receiver, backlog))),
+                            Err(broadcast::error::RecvError::Lagged(_)) => backlog = jobs.state(),
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }
+            },
         )
     }
 

@@ -661,10 +661,11 @@ pub async fn run(ctx: Arc<Context>, caches: Caches) {
         ctx,
         caches: caches.clone(),
     });
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=aigc-operator");
+    // Job triggers come from the shared view, so a reconcile always finds the change there.
+    let job_changes = caches.job_changes();
     caches.ready().await;
     controller
-        .owns(Api::<Job>::all(client.clone()), managed)
+        .owns_stream(job_changes)
         .watches(
             Api::<TrainingJob>::all(client.clone()),
             watcher::Config::default(),
