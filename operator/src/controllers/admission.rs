@@ -39,7 +39,9 @@ use kube::{Api, Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::Error;
-use crate::controllers::{Context, is_conflict, patch_status_checked, publish};
+use crate::controllers::{
+    Context, is_conflict, lean_watcher, patch_status_checked, publish, whole,
+};
 use crate::scheduler::TaintEffect;
 use crate::scheduler::{
     Admission, Amounts, ClusterSnapshot, Device, GPU_RESOURCE, Node, PodOwner, Preemption,
@@ -648,9 +650,6 @@ struct Stores {
     models: Store<Model>,
 }
 
-/// Keeps what the watch sends (apart from field ownership).
-fn whole<K>(_: &mut K) {}
-
 /// Of a pod the loop reads its labels, node, phase, deletion and the containers' requests
 /// (see [`RunningPod::from_k8s`]); the rest (env, volumes, probes, statuses) is dropped.
 fn slim_pod(pod: &mut core::Pod) {
@@ -703,13 +702,7 @@ async fn reflect<K>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    watcher(api, config)
-        .default_backoff()
-        .modify(move |obj| {
-            // Field ownership is never read here and is most of an applied object's size.
-            obj.managed_fields_mut().clear();
-            slim(obj);
-        })
+    lean_watcher(api, config, slim)
         .reflect(writer)
         .for_each(|event| {
             if let Err(error) = event {

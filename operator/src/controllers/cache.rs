@@ -15,11 +15,12 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
 
 use crate::controllers::worker_job::OWNER_UID_LABEL;
+use crate::controllers::{lean_watcher, whole};
 
 /// The watched views.
 #[derive(Clone)]
@@ -52,11 +53,7 @@ where
         + 'static,
 {
     let (store, writer) = kube::runtime::reflector::store();
-    let stream = watcher(api, config).default_backoff().modify(move |obj| {
-        // Field ownership is never read here and is most of an applied object's size.
-        obj.meta_mut().managed_fields = None;
-        slim(obj);
-    });
+    let stream = lean_watcher(api, config, slim);
     // The reflector updates the view before it passes an event on, so a subscriber told
     // about a change finds it in the view. After a (re)list the view is replaced whole at
     // `InitDone`, and every object in it counts as changed. No subscriber yet is fine:
@@ -91,7 +88,7 @@ impl Caches {
         let (tiers, a) = watched(
             Api::<StorageTier>::all(client.clone()),
             all.clone(),
-            |_| {},
+            whole,
             None,
         );
         // Of a Job only its labels, annotations and status are read; the pod template is not.
@@ -104,13 +101,13 @@ impl Caches {
         let (training_jobs, c) = watched(
             Api::<TrainingJob>::all(client.clone()),
             all.clone(),
-            |_| {},
+            whole,
             None,
         );
         let (services, d) = watched(
             Api::<InferenceService>::all(client.clone()),
             all,
-            |_| {},
+            whole,
             None,
         );
         let drive = async move {

@@ -166,11 +166,7 @@ impl Context {
         self.health.expect_cache(kind);
         let health = self.health.clone();
         let (reader, writer) = reflector::store();
-        // Field ownership is never read by a reconcile and is most of an applied object.
-        let objects = watcher(api, config)
-            .default_backoff()
-            .modify(|obj| obj.managed_fields_mut().clear());
-        let events = reflector(writer, objects).inspect(move |event| {
+        let events = reflector(writer, lean_watcher(api, config, whole)).inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
                 health.cache_synced(kind);
             }
@@ -183,6 +179,26 @@ impl Context {
             .with_config(kube_runtime::controller::Config::default().concurrency(concurrency))
     }
 }
+
+/// A watch of `api` that retries with backoff and hands on each object without its field
+/// ownership (never read by the operator, and most of an applied object's size) and without
+/// whatever else `slim` drops: what every controller and view of the operator watches.
+pub fn lean_watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    watcher(api, config).default_backoff().modify(move |obj| {
+        obj.managed_fields_mut().clear();
+        slim(obj);
+    })
+}
+
+/// For [`lean_watcher`]: keep the rest of the object.
+pub fn whole<K>(_: &mut K) {}
 
 /// Run every controller until [`Context::stopped`] completes.
 pub async fn run_all(ctx: Arc<Context>) {
