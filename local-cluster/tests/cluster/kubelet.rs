@@ -296,6 +296,8 @@ async fn a_killed_process_is_restarted_and_its_previous_logs_kept() {
     .await;
     let running = await_pod(&h, "restarts", "run", is_running).await;
     let pid = pid_of(&running);
+    // Running is not yet printed: kill the first instance only once its line is in the log.
+    assert_eq!(first_followed_line(&h, "restarts").await, "started");
     // SAFETY: signalling a process id read from the pod status; no memory is involved.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let restarted = await_pod(&h, "restarts", "restart", move |p| {
