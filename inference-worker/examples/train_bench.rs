@@ -2,7 +2,8 @@
 //! (`benches/train_torch.py` builds the same models). Not run by `cargo test`.
 //!
 //! `RAYON_NUM_THREADS=T cargo run --release -p aigc-worker --example train_bench -- STEPS`
-//! prints one JSON line per architecture: steps per second and peak RSS. The full side-by-side
+//! prints one JSON line per architecture: steps per second and peak RSS (the char-transformer
+//! both through candle's autograd and through the hand-written step `train` uses on the CPU). The full side-by-side
 //! run is `scripts/bench-train.sh`.
 
 use std::time::Instant;
@@ -11,6 +12,7 @@ use aigc_worker::models::mlp::{Feature, Task};
 use aigc_worker::models::{CharTransformer, CharTransformerConfig, Mlp, MlpConfig};
 use aigc_worker::rng::Rng;
 use aigc_worker::train::adamw::{AdamW, AdamWConfig};
+use aigc_worker::train::char_cpu::CharTrainer;
 use candle_core::{Device, Tensor};
 
 const BATCH: usize = 32;
@@ -109,10 +111,35 @@ fn main() -> aigc_worker::Result<()> {
     let all = Tensor::from_vec(ids, (BATCH, 65), &device)?;
     let inputs = all.narrow(1, 0, 64)?.contiguous()?;
     let targets = all.narrow(1, 1, 64)?.contiguous()?.flatten_all()?;
+    // The same step through candle's autograd, for comparison (skipped when
+    // AIGC_BENCH_SKIP_AUTOGRAD is set, e.g. to profile the hand-written step alone).
+    if std::env::var_os("AIGC_BENCH_SKIP_AUTOGRAD").is_none() {
+        let mut autograd_step = || -> aigc_worker::Result<()> {
+            let logits = model.forward(&inputs)?.reshape((BATCH * 64, 64))?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            adam.step(model.params(), &loss.backward()?)
+        };
+        for _ in 0..3 {
+            autograd_step()?;
+        }
+        let start = Instant::now();
+        for _ in 0..steps {
+            autograd_step()?;
+        }
+        report(
+            "char-transformer-d64-l2-h4-t64 (candle autograd)",
+            steps,
+            start.elapsed().as_secs_f64(),
+        );
+    }
+
+    // What `aigc-worker train` runs on the CPU: the hand-written step.
+    let inputs = inputs.flatten_all()?.to_vec1::<u32>()?;
+    let targets = targets.to_vec1::<u32>()?;
+    let mut trainer = CharTrainer::new(&model)?;
     let mut step = || -> aigc_worker::Result<()> {
-        let logits = model.forward(&inputs)?.reshape((BATCH * 64, 64))?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
-        adam.step(model.params(), &loss.backward()?)
+        let (_, grads) = trainer.loss_and_grads(&model, &inputs, &targets, BATCH)?;
+        adam.step_with(model.params(), |i, _| grads.get(i).cloned())
     };
     for _ in 0..3 {
         step()?;

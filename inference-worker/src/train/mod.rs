@@ -12,6 +12,7 @@
 //! `loss.svg`, and `manifest.json`. Progress: see [`progress`].
 
 pub mod adamw;
+pub mod char_cpu;
 pub mod checkpoint;
 mod data;
 mod finetune;
@@ -186,11 +187,31 @@ impl Objective {
             Objective::Text(t) => t.examples(),
         }
     }
-    fn batch_loss(&self, indices: &[usize]) -> Result<candle_core::Tensor> {
-        match self {
-            Objective::Tabular(t) => t.batch_loss(indices),
-            Objective::Text(t) => t.batch_loss(indices),
-        }
+    /// One optimizer step on the examples at `indices`; returns the batch's loss. A loss
+    /// that is not finite stops training before the parameters change.
+    fn train_step(&self, indices: &[usize], adam: &mut AdamW, step: u64) -> Result<f64> {
+        let check = |value: f64| {
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(WorkerError::InvalidData(format!(
+                    "the training loss became {value} at step {step}; lower --lr or check the data"
+                )))
+            }
+        };
+        let loss = match self {
+            Objective::Text(t) if t.has_cpu_step() => {
+                let (value, grads) = t.cpu_loss_and_grads(indices)?;
+                check(value as f64)?;
+                adam.step_with(t.model.params(), |i, _| grads.get(i).cloned())?;
+                return Ok(value as f64);
+            }
+            Objective::Tabular(t) => t.batch_loss(indices)?,
+            Objective::Text(t) => t.batch_loss(indices)?,
+        };
+        let value = check(loss.to_scalar::<f32>()? as f64)?;
+        adam.step(self.params(), &loss.backward()?)?;
+        Ok(value)
     }
     fn evaluate(&self) -> Result<Evaluation> {
         match self {
@@ -482,16 +503,7 @@ fn run(
         rng.shuffle(&mut order);
         for s in state.step_in_epoch..steps_per_epoch {
             let indices = &order[s * batch..((s + 1) * batch).min(n)];
-            let loss = objective.batch_loss(indices)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(WorkerError::InvalidData(format!(
-                    "the training loss became {value} at step {}; lower --lr or check the data",
-                    state.step + 1
-                )));
-            }
-            let grads = loss.backward()?;
-            adam.step(params, &grads)?;
+            let value = objective.train_step(indices, &mut adam, state.step + 1)?;
             state.step += 1;
             state.step_in_epoch = s + 1;
             state.loss_sum += value;

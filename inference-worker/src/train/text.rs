@@ -4,6 +4,7 @@
 //! split, so validation text was never seen). Training examples are windows of
 //! `block_size + 1` characters starting every `block_size / 2` characters.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use candle_core::{Device, Tensor};
@@ -11,11 +12,14 @@ use candle_core::{Device, Tensor};
 use super::{Evaluation, TrainOptions};
 use crate::models::{CharTransformer, CharTransformerConfig};
 use crate::rng::Rng;
+use crate::train::char_cpu::CharTrainer;
 use crate::train::data::PreparedDataset;
 use crate::{Result, WorkerError};
 
 pub(crate) struct Text {
     pub model: CharTransformer,
+    /// The hand-written training step, on the CPU (see [`CharTrainer`]).
+    cpu_step: Option<Box<RefCell<CharTrainer>>>,
     train_ids: Vec<u32>,
     val_ids: Vec<u32>,
     starts: Vec<usize>,
@@ -56,8 +60,15 @@ impl Text {
             .step_by(stride)
             .collect();
         let baseline = unigram_cross_entropy(train_ids, val_ids, config.vocab.len());
+        let model = CharTransformer::new(config, init_rng, device)?;
+        let cpu_step = if CharTrainer::supports(device) {
+            Some(Box::new(RefCell::new(CharTrainer::new(&model)?)))
+        } else {
+            None
+        };
         Ok(Text {
-            model: CharTransformer::new(config, init_rng, device)?,
+            model,
+            cpu_step,
             train_ids: train_ids.to_vec(),
             val_ids: val_ids.to_vec(),
             starts,
@@ -104,6 +115,30 @@ impl Text {
         let starts: Vec<usize> = indices.iter().map(|&i| self.starts[i]).collect();
         let (x, y) = self.windows(&self.train_ids, &starts)?;
         self.loss(&x, &y)
+    }
+
+    /// Whether training steps run through [`Text::cpu_loss_and_grads`].
+    pub fn has_cpu_step(&self) -> bool {
+        self.cpu_step.is_some()
+    }
+
+    /// The batch's loss and every parameter's gradient (in `Params` order) from the
+    /// hand-written CPU step.
+    pub fn cpu_loss_and_grads(&self, indices: &[usize]) -> Result<(f32, Vec<Tensor>)> {
+        let trainer = self.cpu_step.as_ref().ok_or_else(|| {
+            WorkerError::Unsupported("the hand-written training step runs on the CPU only".into())
+        })?;
+        let t = self.model.config().block_size;
+        let mut x = Vec::with_capacity(indices.len() * t);
+        let mut y = Vec::with_capacity(indices.len() * t);
+        for &i in indices {
+            let s = self.starts[i];
+            x.extend_from_slice(&self.train_ids[s..s + t]);
+            y.extend_from_slice(&self.train_ids[s + 1..s + t + 1]);
+        }
+        trainer
+            .borrow_mut()
+            .loss_and_grads(&self.model, &x, &y, indices.len())
     }
 
     /// Mean loss over non-overlapping validation windows; the metric is perplexity.
