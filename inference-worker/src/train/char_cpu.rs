@@ -29,8 +29,11 @@ use crate::{Result, WorkerError};
 
 /// Layer-norm epsilon, as in the model.
 const LN_EPS: f32 = 1e-5;
-/// Rows per parallel task in the row loops.
-const ROW_CHUNK: usize = 64;
+/// Rows per parallel task in a loop over `rows` rows: one band per thread, as few tasks as
+/// can keep the threads busy (the work per row is even).
+fn band(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
 
 /// Defines `fn $name`, which runs `$body` compiled for AVX2 and FMA when the CPU has them
 /// (the binary itself targets any x86-64) and the portable build otherwise. `$body` must be
@@ -322,6 +325,7 @@ impl CharTrainer {
                 &p[bp.qkv_w.clone()],
                 Some(&p[bp.qkv_b.clone()]),
                 None,
+                false,
                 m,
                 d,
                 3 * d,
@@ -333,6 +337,7 @@ impl CharTrainer {
                 &p[bp.proj_w.clone()],
                 Some(&p[bp.proj_b.clone()]),
                 Some(&a.input),
+                false,
                 m,
                 d,
                 d,
@@ -351,14 +356,11 @@ impl CharTrainer {
                 &p[bp.fc1_w.clone()],
                 Some(&p[bp.fc1_b.clone()]),
                 None,
+                true,
                 m,
                 d,
                 4 * d,
             );
-            a.hidden
-                .par_iter_mut()
-                .with_min_len(4096)
-                .for_each(|h| *h = h.max(0.0));
             let out = match rest.first_mut() {
                 Some(next) => &mut next.input,
                 None => &mut self.last,
@@ -369,6 +371,7 @@ impl CharTrainer {
                 &p[bp.fc2_w.clone()],
                 Some(&p[bp.fc2_b.clone()]),
                 Some(&a.mid),
+                false,
                 m,
                 4 * d,
                 d,
@@ -388,6 +391,7 @@ impl CharTrainer {
             &p[self.head_w.clone()],
             None,
             None,
+            false,
             m,
             d,
             c.vocab.len(),
@@ -399,10 +403,11 @@ impl CharTrainer {
         let v = self.config.vocab.len();
         let m = targets.len();
         let scale = 1.0 / m as f32;
+        let band = band(m);
         self.logits
-            .par_chunks_mut(v * ROW_CHUNK)
-            .zip(self.row_loss.par_chunks_mut(ROW_CHUNK))
-            .zip(targets.par_chunks(ROW_CHUNK))
+            .par_chunks_mut(v * band)
+            .zip(self.row_loss.par_chunks_mut(band))
+            .zip(targets.par_chunks(band))
             .for_each(|((logits, losses), targets)| {
                 for ((row, loss), &target) in logits.chunks_exact_mut(v).zip(losses).zip(targets) {
                     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -606,17 +611,27 @@ impl View {
     }
 }
 
-/// `dst = scale * lhs @ rhs`, or `dst += scale * lhs @ rhs` with `accumulate`, through
-/// `gemm`. `parallel` splits the rows of the product over rayon's threads; the inner
-/// dimension is never split.
-#[allow(clippy::too_many_arguments)]
+/// `dst = scale * lhs @ rhs` through `gemm`. `parallel` splits the rows of the product
+/// over rayon's threads; the inner dimension is never split.
 fn matmul(
+    dst: (&mut [f32], View),
+    lhs: (&[f32], View),
+    rhs: (&[f32], View),
+    scale: f32,
+    parallel: bool,
+) {
+    matmul_then(dst, lhs, rhs, scale, parallel, &|_, _| {});
+}
+
+/// [`matmul`], then `epilogue(first_row, rows)` on each band of rows of `dst` right after
+/// its product, while it is in cache.
+fn matmul_then(
     (dst, dst_view): (&mut [f32], View),
     (lhs, lhs_view): (&[f32], View),
     (rhs, rhs_view): (&[f32], View),
     scale: f32,
-    accumulate: bool,
     parallel: bool,
+    epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let (m, k, n) = (lhs_view.rows, lhs_view.cols, rhs_view.cols);
     assert!(
@@ -627,37 +642,28 @@ fn matmul(
     lhs_view.check(lhs.len());
     rhs_view.check(rhs.len());
     let threads = rayon::current_num_threads();
-    if parallel && threads > 1 && m >= 2 * threads {
-        // Split the rows of the result (and of `lhs`) into one band per thread: fewer and
-        // larger tasks than `gemm`'s own splitting, which costs more in waiting than it
-        // gains at these sizes.
+    if parallel && threads > 1 && m >= 2 * threads && dst_view.col_stride == 1 {
+        // One band of rows of the result (and of `lhs`) per thread: at these sizes finer
+        // splitting, like `gemm`'s own, costs more in waiting than it gains.
         let band = m.div_ceil(threads);
-        let dst_band = band * dst_view.row_stride;
-        let mut bands: Vec<(&mut [f32], usize)> = Vec::with_capacity(threads);
-        let mut rest = dst;
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = band.min(m - r0);
-            let (this, next) = if r0 + rows < m {
-                rest.split_at_mut(dst_band)
-            } else {
-                (rest, &mut [][..])
-            };
-            bands.push((this, r0));
-            rest = next;
-            r0 += rows;
-        }
-        bands.into_par_iter().for_each(|(dst, r0)| {
-            let rows = band.min(m - r0);
-            matmul(
-                (dst, View { rows, ..dst_view }),
-                (&lhs[r0 * lhs_view.row_stride..], View { rows, ..lhs_view }),
-                (rhs, rhs_view),
-                scale,
-                accumulate,
-                false,
-            );
-        });
+        let len = (m - 1) * dst_view.row_stride + n;
+        dst[..len]
+            .par_chunks_mut(band * dst_view.row_stride)
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let r0 = i * band;
+                let rows = band.min(m - r0);
+                let lhs = &lhs[r0 * lhs_view.row_stride..];
+                let views = (View { rows, ..dst_view }, View { rows, ..lhs_view });
+                matmul_then(
+                    (dst, views.0),
+                    (lhs, views.1),
+                    (rhs, rhs_view),
+                    scale,
+                    false,
+                    &|r, rows| epilogue(r0 + r, rows),
+                );
+            });
         return;
     }
     // SAFETY: every view was checked to lie inside its slice, `dst` is borrowed mutably and
@@ -670,7 +676,7 @@ fn matmul(
             dst.as_mut_ptr(),
             dst_view.col_stride as isize,
             dst_view.row_stride as isize,
-            accumulate,
+            false,
             lhs.as_ptr(),
             lhs_view.col_stride as isize,
             lhs_view.row_stride as isize,
@@ -685,9 +691,11 @@ fn matmul(
             Parallelism::None,
         );
     }
+    epilogue(0, dst);
 }
 
-/// `out[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]) (+ residual[m, n])`.
+/// `out[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]) (+ residual[m, n])`, then ReLU with `relu`.
+/// The additions run on each band of rows right after its product, while it is in cache.
 #[allow(clippy::too_many_arguments)]
 fn linear(
     out: &mut [f32],
@@ -695,36 +703,38 @@ fn linear(
     w: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
+    relu: bool,
     m: usize,
     k: usize,
     n: usize,
 ) {
-    let preset = bias.is_some() || residual.is_some();
-    if preset {
-        out.par_chunks_mut(n * ROW_CHUNK)
-            .enumerate()
-            .for_each(|(chunk, rows)| {
-                for (r, row) in rows.chunks_exact_mut(n).enumerate() {
-                    match bias {
-                        Some(b) => row.copy_from_slice(b),
-                        None => row.fill(0.0),
-                    }
-                    if let Some(res) = residual {
-                        let i = chunk * ROW_CHUNK + r;
-                        for (o, x) in row.iter_mut().zip(&res[i * n..(i + 1) * n]) {
-                            *o += x;
-                        }
-                    }
+    let epilogue = |r0: usize, rows: &mut [f32]| {
+        for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+            if let Some(b) = bias {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
                 }
-            });
-    }
-    matmul(
+            }
+            if let Some(res) = residual {
+                let r = r0 + i;
+                for (o, x) in row.iter_mut().zip(&res[r * n..(r + 1) * n]) {
+                    *o += x;
+                }
+            }
+            if relu {
+                for o in row.iter_mut() {
+                    *o = o.max(0.0);
+                }
+            }
+        }
+    };
+    matmul_then(
         (out, View::rows(m, n, n)),
         (x, View::rows(m, k, k)),
         (w, View::rows(n, k, k).t()),
         1.0,
-        preset,
         true,
+        &epilogue,
     );
 }
 
@@ -748,7 +758,6 @@ fn linear_backward(
             (d_out, d_out_view),
             (w, View::rows(n, k, k)),
             1.0,
-            false,
             true,
         );
     }
@@ -757,7 +766,6 @@ fn linear_backward(
         (d_out, d_out_view.t()),
         (x, View::rows(m, k, k)),
         1.0,
-        false,
         true,
     );
     if let Some(d_bias) = d_bias {
@@ -779,9 +787,10 @@ fn layer_norm(
     b: &[f32],
     d: usize,
 ) {
-    out.par_chunks_mut(d * ROW_CHUNK)
-        .zip(stats.par_chunks_mut(ROW_CHUNK))
-        .zip(x.par_chunks(d * ROW_CHUNK))
+    let band = band(stats.len());
+    out.par_chunks_mut(d * band)
+        .zip(stats.par_chunks_mut(band))
+        .zip(x.par_chunks(d * band))
         .for_each(|((out, stats), x)| {
             for ((o, s), x) in out.chunks_exact_mut(d).zip(stats).zip(x.chunks_exact(d)) {
                 let mean = x.iter().sum::<f32>() / d as f32;
@@ -808,10 +817,11 @@ fn layer_norm_backward(
     w: &[f32],
     d: usize,
 ) {
-    d_x.par_chunks_mut(d * ROW_CHUNK)
-        .zip(d_out.par_chunks(d * ROW_CHUNK))
-        .zip(x.par_chunks(d * ROW_CHUNK))
-        .zip(stats.par_chunks(ROW_CHUNK))
+    let band = band(stats.len());
+    d_x.par_chunks_mut(d * band)
+        .zip(d_out.par_chunks(d * band))
+        .zip(x.par_chunks(d * band))
+        .zip(stats.par_chunks(band))
         .for_each(|(((d_x, d_out), x), stats)| {
             let rows = d_x
                 .chunks_exact_mut(d)
@@ -871,10 +881,10 @@ fn attention(
                 let q = &qkv[h * hd..];
                 let k = &qkv[d + h * hd..];
                 let v = &qkv[2 * d + h * hd..];
-                matmul((att, square), (q, head), (k, head.t()), scale, false, false);
+                matmul((att, square), (q, head), (k, head.t()), scale, false);
                 causal_softmax(att, time);
                 let y = (&mut out[h * hd..], View::rows(time, hd, d));
-                matmul(y, (att, square), (v, head), 1.0, false, false);
+                matmul(y, (att, square), (v, head), 1.0, false);
             }
         });
 }
@@ -937,15 +947,15 @@ fn attention_backward(
                     let (q, k, v) = (&qkv[h * hd..], &qkv[d + h * hd..], &qkv[2 * d + h * hd..]);
                     let d_y = &d_out[h * hd..];
                     // d_att = d_y v^T, then the softmax gradient (with the score scale).
-                    matmul((d_att, square), (d_y, dy), (v, head.t()), 1.0, false, false);
+                    matmul((d_att, square), (d_y, dy), (v, head.t()), 1.0, false);
                     softmax_backward(d_att, p, time, scale);
                     let ds = &d_att[..];
                     let d_q = (&mut d_qkv[h * hd..], head);
-                    matmul(d_q, (ds, square), (k, head), 1.0, false, false);
+                    matmul(d_q, (ds, square), (k, head), 1.0, false);
                     let d_k = (&mut d_qkv[d + h * hd..], head);
-                    matmul(d_k, (ds, square.t()), (q, head), 1.0, false, false);
+                    matmul(d_k, (ds, square.t()), (q, head), 1.0, false);
                     let d_v = (&mut d_qkv[2 * d + h * hd..], head);
-                    matmul(d_v, (p, square.t()), (d_y, dy), 1.0, false, false);
+                    matmul(d_v, (p, square.t()), (d_y, dy), 1.0, false);
                 }
             },
         );
