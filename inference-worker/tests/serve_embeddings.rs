@@ -194,3 +194,43 @@ async fn embedding_errors_name_the_input() {
     assert_eq!(models["data"][0]["architecture"], "bert");
     assert_eq!(models["data"][0]["format"], "safetensors");
 }
+
+#[test]
+fn the_hand_written_cpu_encoder_equals_candles_and_the_reference() {
+    use aigc_worker::models::Embedder;
+    use aigc_worker::models::bert::BertEmbedder;
+    let dir = minilm_dir();
+    let device = candle_core::Device::Cpu;
+    let fast = BertEmbedder::load(&dir, &device).unwrap();
+    let candle = BertEmbedder::load_candle(&dir, &device).unwrap();
+    let reference = reference();
+    // The reference sentences, a long input and a one-word one, in one call: inputs of very
+    // different lengths share a batch.
+    let mut texts = reference.sentences.clone();
+    texts.push("word ".repeat(200));
+    texts.push("x".into());
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| fast.tokenize(t).unwrap()).collect();
+    let got = fast.embed(&ids).unwrap();
+    let want = candle.embed(&ids).unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "input {i} differs from candle's by {worst}");
+    }
+    for (i, (g, r)) in got.iter().zip(&reference.embeddings).enumerate() {
+        let worst = g
+            .iter()
+            .zip(r)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst < 1e-5,
+            "sentence {i} differs from sentence-transformers by {worst}"
+        );
+    }
+    let error = fast.embed(&[vec![]]).unwrap_err();
+    assert!(error.to_string().contains("0 tokens"), "{error}");
+}

@@ -260,9 +260,11 @@ impl Llama {
         for (layer, cache) in self.layers.iter().zip(&mut self.cache) {
             rms_norm(&x, &layer.attn_norm, c.rms_epsilon, &mut h);
             acts.quantize(&h, e)?;
-            layer.q.matmul_quantized(&acts, &mut q, self.isa)?;
-            layer.k.matmul_quantized(&acts, &mut k, self.isa)?;
-            layer.v.matmul_quantized(&acts, &mut v, self.isa)?;
+            QMatrix::matmul_quantized_many(
+                &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)],
+                &acts,
+                self.isa,
+            )?;
             rope.apply(&mut q, hd);
             rope.apply(&mut k, hd);
             cache.k.truncate(start * kv);
@@ -275,8 +277,11 @@ impl Llama {
             add(&mut x, &proj);
             rms_norm(&x, &layer.ffn_norm, c.rms_epsilon, &mut h);
             acts.quantize(&h, e)?;
-            layer.gate.matmul_quantized(&acts, &mut gate, self.isa)?;
-            layer.up.matmul_quantized(&acts, &mut up, self.isa)?;
+            QMatrix::matmul_quantized_many(
+                &mut [(&layer.gate, &mut gate), (&layer.up, &mut up)],
+                &acts,
+                self.isa,
+            )?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }

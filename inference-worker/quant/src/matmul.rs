@@ -191,6 +191,53 @@ impl QMatrix {
         Ok(())
     }
 
+    /// `out_i = x W_i^T` for several matrices that share the activations (a layer's query,
+    /// key and value projections; its gate and up projections). For one activation row (a
+    /// decode step) the products run as one parallel region instead of one each: a decode
+    /// step is a couple of hundred small products, and each region costs the threads a
+    /// hand-off. Results equal separate [`QMatrix::matmul_quantized`] calls.
+    pub fn matmul_quantized_many(
+        parts: &mut [(&QMatrix, &mut [f32])],
+        x: &Activations,
+        isa: Isa,
+    ) -> Result<(), QuantError> {
+        let threads = rayon::current_num_threads();
+        if x.rows != 1 || threads == 1 || parts.len() < 2 {
+            for (matrix, out) in parts.iter_mut() {
+                matrix.matmul_quantized(x, out, isa)?;
+            }
+            return Ok(());
+        }
+        for (matrix, out) in parts.iter() {
+            if x.cols != matrix.cols || out.len() != matrix.rows {
+                return Err(QuantError::Shape(format!(
+                    "1x{} activations times a {}x{} matrix into {} outputs",
+                    x.cols,
+                    matrix.rows,
+                    matrix.cols,
+                    out.len()
+                )));
+            }
+        }
+        if !isa.supported() {
+            // The single-product path words the error.
+            return parts[0].0.matmul_quantized(x, parts[0].1, isa);
+        }
+        // Tasks of about equal size across all the matrices, a few per thread.
+        let total: usize = parts.iter().map(|(m, _)| m.rows).sum();
+        let chunk = total.div_ceil(threads * 4).max(16);
+        let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+        for (matrix, out) in parts.iter_mut() {
+            for (i, dst) in out.chunks_mut(chunk).enumerate() {
+                tasks.push((*matrix, i * chunk, dst));
+            }
+        }
+        tasks
+            .into_par_iter()
+            .for_each(|(matrix, r0, dst)| matrix.rows_into(isa, x, r0, dst));
+        Ok(())
+    }
+
     /// Weight rows `r0..` (as many as `dst` has room for) times every activation row, into
     /// `dst[(r - r0) * n + t]`.
     fn rows_into(&self, isa: Isa, x: &Activations, r0: usize, dst: &mut [f32]) {

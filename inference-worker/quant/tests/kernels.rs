@@ -201,3 +201,40 @@ fn bad_shapes_are_errors_naming_the_sizes() {
     let error = matrix.matmul(&[0.0; 33], &mut [0.0; 2]).unwrap_err();
     assert!(error.to_string().contains("33 values"), "{error}");
 }
+
+#[test]
+fn products_sharing_activations_equal_separate_ones() {
+    let mut rng = fastrand::Rng::with_seed(21);
+    let cols = 96;
+    let (q, _) = random_matrix(&mut rng, WeightFormat::Q4_1, 72, cols);
+    let (k, _) = random_matrix(&mut rng, WeightFormat::Q4_1, 24, cols);
+    let (v, _) = random_matrix(&mut rng, WeightFormat::Q8_0, 40, cols);
+    let isa = Isa::detect();
+    for rows in [1, 3] {
+        let mut x = Activations::default();
+        x.quantize(&random_values(&mut rng, rows * cols), cols)
+            .unwrap();
+        let mut want = Vec::new();
+        for m in [&q, &k, &v] {
+            let mut out = vec![0.0; rows * m.rows()];
+            m.matmul_quantized(&x, &mut out, isa).unwrap();
+            want.push(out);
+        }
+        let mut got: Vec<Vec<f32>> = want.iter().map(|w| vec![f32::NAN; w.len()]).collect();
+        let [a, b, c] = &mut got[..] else {
+            unreachable!()
+        };
+        QMatrix::matmul_quantized_many(&mut [(&q, a), (&k, b), (&v, c)], &x, isa).unwrap();
+        assert_eq!(got, want, "{rows} activation rows");
+    }
+    let mut x = Activations::default();
+    x.quantize(&random_values(&mut rng, cols), cols).unwrap();
+    let mut short = vec![0.0; 10];
+    let mut fine = vec![0.0; 24];
+    let error = QMatrix::matmul_quantized_many(&mut [(&k, &mut fine), (&q, &mut short)], &x, isa)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("72x96 matrix into 10 outputs"),
+        "{error}"
+    );
+}

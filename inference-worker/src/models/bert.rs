@@ -10,6 +10,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::WorkerError;
 use crate::models::Embedder;
+use crate::models::bert_cpu::BertCpu;
 
 pub const ARCHITECTURE: &str = "bert";
 
@@ -17,7 +18,8 @@ pub const ARCHITECTURE: &str = "bert";
 const CHUNK: usize = 32;
 
 pub struct BertEmbedder {
-    model: BertModel,
+    /// The encoder: the hand-written CPU forward where it applies, else candle's.
+    encoder: Encoder,
     tokenizer: Tokenizer,
     max_tokens: usize,
     dimensions: usize,
@@ -25,9 +27,23 @@ pub struct BertEmbedder {
     device: Device,
 }
 
+enum Encoder {
+    Cpu(BertCpu),
+    Candle(BertModel),
+}
+
 impl BertEmbedder {
     /// Loads `config.json`, `tokenizer.json` and the `.safetensors` weights in `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, WorkerError> {
+        Self::load_inner(dir, device, true)
+    }
+
+    /// [`BertEmbedder::load`] with candle's encoder even on the CPU (for comparisons).
+    pub fn load_candle(dir: &Path, device: &Device) -> Result<Self, WorkerError> {
+        Self::load_inner(dir, device, false)
+    }
+
+    fn load_inner(dir: &Path, device: &Device, hand_written: bool) -> Result<Self, WorkerError> {
         let config_path = dir.join("config.json");
         let config_text =
             std::fs::read_to_string(&config_path).map_err(|e| WorkerError::io(&config_path, e))?;
@@ -51,13 +67,17 @@ impl BertEmbedder {
             .map_err(|e| WorkerError::Tokenizer(e.to_string()))?;
 
         let weights = safetensors_files(dir)?;
-        // SAFETY: the files are mapped read-only and this process never writes them; a
-        // concurrent writer outside the process is the operator's contract to prevent.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, device)? };
-        let model = BertModel::load(vb, &config)?;
+        let encoder = if hand_written && device.is_cpu() && BertCpu::supports(&config) {
+            Encoder::Cpu(BertCpu::load(&weights, &config)?)
+        } else {
+            // SAFETY: the files are mapped read-only and this process never writes them; a
+            // concurrent writer outside the process is the operator's contract to prevent.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, DType::F32, device)? };
+            Encoder::Candle(BertModel::load(vb, &config)?)
+        };
 
         Ok(Self {
-            model,
+            encoder,
             tokenizer,
             max_tokens: max_seq_length(dir)?.unwrap_or(config.max_position_embeddings),
             dimensions: config.hidden_size,
@@ -66,8 +86,12 @@ impl BertEmbedder {
         })
     }
 
-    /// Embeds inputs of similar length in one forward pass.
-    fn embed_chunk(&self, inputs: &[&Vec<u32>]) -> Result<Vec<Vec<f32>>, WorkerError> {
+    /// Embeds inputs of similar length in one forward pass of candle's model.
+    fn embed_chunk(
+        &self,
+        model: &BertModel,
+        inputs: &[&Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, WorkerError> {
         let longest = inputs.iter().map(|ids| ids.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(inputs.len() * longest);
         let mut mask = Vec::with_capacity(inputs.len() * longest);
@@ -81,7 +105,7 @@ impl BertEmbedder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let hidden = model.forward(&ids, &token_types, Some(&mask))?;
 
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -115,12 +139,16 @@ impl Embedder for BertEmbedder {
         if rayon::current_thread_index().is_none() {
             return rayon::scope(|_| self.embed(inputs));
         }
+        let model = match &self.encoder {
+            Encoder::Cpu(cpu) => return cpu.embed(&inputs.iter().collect::<Vec<_>>()),
+            Encoder::Candle(model) => model,
+        };
         let mut order: Vec<usize> = (0..inputs.len()).collect();
         order.sort_by_key(|&i| inputs[i].len());
         let mut vectors = vec![Vec::new(); inputs.len()];
         for chunk in order.chunks(CHUNK) {
             let batch: Vec<&Vec<u32>> = chunk.iter().map(|&i| &inputs[i]).collect();
-            for (&i, vector) in chunk.iter().zip(self.embed_chunk(&batch)?) {
+            for (&i, vector) in chunk.iter().zip(self.embed_chunk(model, &batch)?) {
                 vectors[i] = vector;
             }
         }

@@ -3,7 +3,9 @@
 //! architecture plugs in by implementing one of the traits and adding an arm to [`load`].
 
 pub mod bert;
+mod bert_cpu;
 pub mod char_transformer;
+pub(crate) mod cpu;
 pub mod llama;
 pub mod mlp;
 pub mod ops;

@@ -11,8 +11,9 @@
 //! The maths is the model's [`CharTransformer::forward`] followed by candle's cross-entropy
 //! (mean over positions); a unit test checks the loss and every gradient against candle's
 //! autograd. The result is bitwise reproducible for a given thread count: rows are split in
-//! fixed chunks, matrix products do not split their inner dimension, and every reduction
-//! over rows (bias and layer-norm gradients, embeddings, the loss) runs in row order.
+//! one band per thread, matrix products do not split their inner dimension, and every
+//! reduction over rows (bias and layer-norm gradients, embeddings, the loss) runs in row
+//! order.
 //!
 //! Parameters stay in the model's candle `Var`s, which checkpoints, evaluation and publishing
 //! read: a step copies them in (a few hundred KiB), and hands the gradients back as tensors
@@ -21,44 +22,14 @@
 use std::ops::Range;
 
 use candle_core::{Device, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::models::cpu::{Activation, View, band, lane_sum, layer_norm, linear, matmul, with_avx2};
 use crate::models::{CharTransformer, CharTransformerConfig};
 use crate::{Result, WorkerError};
 
 /// Layer-norm epsilon, as in the model.
 const LN_EPS: f32 = 1e-5;
-/// Rows per parallel task in a loop over `rows` rows: one band per thread, as few tasks as
-/// can keep the threads busy (the work per row is even).
-fn band(rows: usize) -> usize {
-    rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
-}
-
-/// Defines `fn $name`, which runs `$body` compiled for AVX2 and FMA when the CPU has them
-/// (the binary itself targets any x86-64) and the portable build otherwise. `$body` must be
-/// `#[inline(always)]` and free of closures, which would not inherit the features. The
-/// results agree up to rounding, and are always the same on one machine.
-macro_rules! with_avx2 {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
-        $(#[$meta])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                // SAFETY: the CPU has the features `fast` is compiled for.
-                return unsafe { fast($($arg),*) };
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
 /// Where one block's parameters sit in the flat parameter buffer.
 struct BlockParams {
     ln1_w: Range<usize>,
@@ -76,7 +47,6 @@ struct BlockParams {
 }
 
 /// What the forward pass keeps of one block for the backward pass.
-#[derive(Default)]
 struct BlockActs {
     /// The block's input (the residual stream).
     input: Vec<f32>,
@@ -315,9 +285,9 @@ impl CharTrainer {
                 &a.input,
                 &mut a.ln1,
                 &mut a.ln1_stats,
-                &p[bp.ln1_w.clone()],
-                &p[bp.ln1_b.clone()],
+                (&p[bp.ln1_w.clone()], &p[bp.ln1_b.clone()]),
                 d,
+                LN_EPS,
             );
             linear(
                 &mut a.qkv,
@@ -325,7 +295,7 @@ impl CharTrainer {
                 &p[bp.qkv_w.clone()],
                 Some(&p[bp.qkv_b.clone()]),
                 None,
-                false,
+                Activation::None,
                 m,
                 d,
                 3 * d,
@@ -337,7 +307,7 @@ impl CharTrainer {
                 &p[bp.proj_w.clone()],
                 Some(&p[bp.proj_b.clone()]),
                 Some(&a.input),
-                false,
+                Activation::None,
                 m,
                 d,
                 d,
@@ -346,9 +316,9 @@ impl CharTrainer {
                 &a.mid,
                 &mut a.ln2,
                 &mut a.ln2_stats,
-                &p[bp.ln2_w.clone()],
-                &p[bp.ln2_b.clone()],
+                (&p[bp.ln2_w.clone()], &p[bp.ln2_b.clone()]),
                 d,
+                LN_EPS,
             );
             linear(
                 &mut a.hidden,
@@ -356,7 +326,7 @@ impl CharTrainer {
                 &p[bp.fc1_w.clone()],
                 Some(&p[bp.fc1_b.clone()]),
                 None,
-                true,
+                Activation::Relu,
                 m,
                 d,
                 4 * d,
@@ -371,7 +341,7 @@ impl CharTrainer {
                 &p[bp.fc2_w.clone()],
                 Some(&p[bp.fc2_b.clone()]),
                 Some(&a.mid),
-                false,
+                Activation::None,
                 m,
                 4 * d,
                 d,
@@ -381,9 +351,9 @@ impl CharTrainer {
             &self.last,
             &mut self.lnf,
             &mut self.lnf_stats,
-            &p[self.lnf_w.clone()],
-            &p[self.lnf_b.clone()],
+            (&p[self.lnf_w.clone()], &p[self.lnf_b.clone()]),
             d,
+            LN_EPS,
         );
         linear(
             &mut self.logits,
@@ -391,7 +361,7 @@ impl CharTrainer {
             &p[self.head_w.clone()],
             None,
             None,
-            false,
+            Activation::None,
             m,
             d,
             c.vocab.len(),
@@ -571,173 +541,6 @@ fn split_two<'a>(
     (&mut head[weight.clone()], Some(&mut tail[..bias.len()]))
 }
 
-/// A matrix inside a slice: element `(r, c)` is at `r * row_stride + c * col_stride`.
-#[derive(Clone, Copy)]
-struct View {
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl View {
-    /// A row-major `rows x cols` matrix with rows `row_stride` apart.
-    fn rows(rows: usize, cols: usize, row_stride: usize) -> View {
-        View {
-            rows,
-            cols,
-            row_stride,
-            col_stride: 1,
-        }
-    }
-
-    fn t(self) -> View {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-
-    /// The elements the view spans; panics when they are not all inside `len`.
-    fn check(self, len: usize) {
-        let last =
-            (self.rows.max(1) - 1) * self.row_stride + (self.cols.max(1) - 1) * self.col_stride;
-        assert!(
-            self.rows == 0 || self.cols == 0 || last < len,
-            "matrix view out of bounds"
-        );
-    }
-}
-
-/// `dst = scale * lhs @ rhs` through `gemm`. `parallel` splits the rows of the product
-/// over rayon's threads; the inner dimension is never split.
-fn matmul(
-    dst: (&mut [f32], View),
-    lhs: (&[f32], View),
-    rhs: (&[f32], View),
-    scale: f32,
-    parallel: bool,
-) {
-    matmul_then(dst, lhs, rhs, scale, parallel, &|_, _| {});
-}
-
-/// [`matmul`], then `epilogue(first_row, rows)` on each band of rows of `dst` right after
-/// its product, while it is in cache.
-fn matmul_then(
-    (dst, dst_view): (&mut [f32], View),
-    (lhs, lhs_view): (&[f32], View),
-    (rhs, rhs_view): (&[f32], View),
-    scale: f32,
-    parallel: bool,
-    epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
-) {
-    let (m, k, n) = (lhs_view.rows, lhs_view.cols, rhs_view.cols);
-    assert!(
-        rhs_view.rows == k && dst_view.rows == m && dst_view.cols == n,
-        "matrix shapes do not match"
-    );
-    dst_view.check(dst.len());
-    lhs_view.check(lhs.len());
-    rhs_view.check(rhs.len());
-    let threads = rayon::current_num_threads();
-    if parallel && threads > 1 && m >= 2 * threads && dst_view.col_stride == 1 {
-        // One band of rows of the result (and of `lhs`) per thread: at these sizes finer
-        // splitting, like `gemm`'s own, costs more in waiting than it gains.
-        let band = m.div_ceil(threads);
-        let len = (m - 1) * dst_view.row_stride + n;
-        dst[..len]
-            .par_chunks_mut(band * dst_view.row_stride)
-            .enumerate()
-            .for_each(|(i, dst)| {
-                let r0 = i * band;
-                let rows = band.min(m - r0);
-                let lhs = &lhs[r0 * lhs_view.row_stride..];
-                let views = (View { rows, ..dst_view }, View { rows, ..lhs_view });
-                matmul_then(
-                    (dst, views.0),
-                    (lhs, views.1),
-                    (rhs, rhs_view),
-                    scale,
-                    false,
-                    &|r, rows| epilogue(r0 + r, rows),
-                );
-            });
-        return;
-    }
-    // SAFETY: every view was checked to lie inside its slice, `dst` is borrowed mutably and
-    // so overlaps neither source.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_view.col_stride as isize,
-            dst_view.row_stride as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_view.col_stride as isize,
-            lhs_view.row_stride as isize,
-            rhs.as_ptr(),
-            rhs_view.col_stride as isize,
-            rhs_view.row_stride as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-    epilogue(0, dst);
-}
-
-/// `out[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]) (+ residual[m, n])`, then ReLU with `relu`.
-/// The additions run on each band of rows right after its product, while it is in cache.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    relu: bool,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    let epilogue = |r0: usize, rows: &mut [f32]| {
-        for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-            if let Some(b) = bias {
-                for (o, b) in row.iter_mut().zip(b) {
-                    *o += b;
-                }
-            }
-            if let Some(res) = residual {
-                let r = r0 + i;
-                for (o, x) in row.iter_mut().zip(&res[r * n..(r + 1) * n]) {
-                    *o += x;
-                }
-            }
-            if relu {
-                for o in row.iter_mut() {
-                    *o = o.max(0.0);
-                }
-            }
-        }
-    };
-    matmul_then(
-        (out, View::rows(m, n, n)),
-        (x, View::rows(m, k, k)),
-        (w, View::rows(n, k, k).t()),
-        1.0,
-        true,
-        &epilogue,
-    );
-}
-
 /// Gradients of [`linear`] given `d_out[m, n]`: `d_x = d_out @ w` (overwritten),
 /// `d_w = d_out^T @ x` and `d_bias = column sums of d_out` (both overwritten).
 #[allow(clippy::too_many_arguments)]
@@ -776,32 +579,6 @@ fn linear_backward(
             }
         }
     }
-}
-
-/// Layer norm of each `d`-wide row; keeps each row's mean and reciprocal deviation.
-fn layer_norm(
-    x: &[f32],
-    out: &mut [f32],
-    stats: &mut [(f32, f32)],
-    w: &[f32],
-    b: &[f32],
-    d: usize,
-) {
-    let band = band(stats.len());
-    out.par_chunks_mut(d * band)
-        .zip(stats.par_chunks_mut(band))
-        .zip(x.par_chunks(d * band))
-        .for_each(|((out, stats), x)| {
-            for ((o, s), x) in out.chunks_exact_mut(d).zip(stats).zip(x.chunks_exact(d)) {
-                let mean = x.iter().sum::<f32>() / d as f32;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let rstd = 1.0 / (var + LN_EPS).sqrt();
-                for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (x - mean) * rstd * w + b;
-                }
-                *s = (mean, rstd);
-            }
-        });
 }
 
 /// Adds the input gradient of [`layer_norm`] to `d_x` and writes the weight and bias
@@ -974,27 +751,6 @@ fn softmax_backward_body(d: &mut [f32], p: &[f32], time: usize, scale: f32) {
             *d = p * (*d - weighted) * scale;
         }
     }
-}
-
-/// `sum(a * b)` in eight independent lanes, so it vectorises.
-#[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let mut tail = 0.0f32;
-    for (a, b) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += a * b;
-    }
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for l in 0..8 {
-            lanes[l] += a[l] * b[l];
-        }
-    }
-    let mut sum = tail;
-    for l in lanes {
-        sum += l;
-    }
-    sum
 }
 
 #[cfg(test)]
