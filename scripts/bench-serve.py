@@ -10,7 +10,8 @@ machine, with the same model files and thread count. Not part of CI.
   `llama-cpp-python` (run by --llama-python), both greedy, with the greedy ids compared;
   --rounds alternating runs of each, and the median ratios.
 - all-MiniLM-L6-v2: sentences/s on 256 sentences of about 12 words against
-  sentence-transformers on PyTorch CPU (run by --st-python, a Python that has it).
+  sentence-transformers on PyTorch CPU (run by --st-python, a Python that has it);
+  --rounds alternating runs of each, and the median ratio.
 - 16 concurrent streamed chat clients against the release `aigc-worker serve`: total
   tokens/s, p50/p99 latency and time to first token.
 Peak RSS is reported for every engine (each runs in its own process).
@@ -86,7 +87,7 @@ def minilm_dir():
     return path
 
 
-def candle(kind, path, threads):
+def aigc_worker(kind, path, threads):
     out = subprocess.run(
         ["cargo", "run", "--quiet", "--release", "-p", "aigc-worker", "--example",
          "bench_models", "--", kind, path, str(threads)],
@@ -104,7 +105,7 @@ def llama_cpp(gguf, threads):
         n_threads_batch=threads, verbose=False,
     )
     prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=True)
-    llm.eval(prompt)  # warm-up, as the candle side does
+    llm.eval(prompt)  # warm-up, as the aigc-worker side does
     llm.reset()
     started, cpu = time.perf_counter(), time.process_time()
     llm.eval(prompt)
@@ -238,7 +239,7 @@ def main():
     parser.add_argument("--st-python", help="a Python with sentence-transformers and torch")
     parser.add_argument("--llama-python", help="a Python with llama-cpp-python (default: this one)")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="SmolLM2 runs of each engine, alternating")
+                        help="runs of each engine (SmolLM2; MiniLM with --st-python), alternating")
     parser.add_argument("--only", choices=["llama", "bert", "chat", "st", "llamacpp"], action="append")
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,7 +258,7 @@ def main():
         # report every round and the median ratios.
         rounds = []
         for _ in range(args.rounds):
-            ours = candle("llama", gguf, args.threads)
+            ours = aigc_worker("llama", gguf, args.threads)
             reference = subprocess.run(
                 [args.llama_python or sys.executable, os.path.abspath(__file__), "--only",
                  "llamacpp", "--threads", str(args.threads), "--model-path", gguf],
@@ -284,20 +285,27 @@ def main():
         }
     if "bert" in only:
         model_dir = minilm_dir()
-        ours = candle("bert", model_dir, args.threads)
-        entry = {"candle": ours}
-        if args.st_python:
+        if not args.st_python:
+            report["minilm"] = {"aigc-worker": aigc_worker("bert", model_dir, args.threads)}
+        rounds = []
+        for _ in range(args.rounds if args.st_python else 0):
+            ours = aigc_worker("bert", model_dir, args.threads)
             out = subprocess.run(
                 [args.st_python, os.path.abspath(__file__), "--only", "st", "--threads",
                  str(args.threads), "--model-path", model_dir],
                 check=True, capture_output=True, text=True)
-            theirs = json.loads(out.stdout.strip().splitlines()[-1])
-            entry["sentence-transformers"] = theirs
-            entry["ratio"] = ours["sentences_per_s"] / theirs["sentences_per_s"]
-            entry["max_abs_diff_first_vector_head"] = max(
-                abs(a - b) for a, b in zip(ours["first_vector_head"], theirs["first_vector_head"]))
-            entry["rss_ratio"] = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
-        report["minilm"] = entry
+            rounds.append((ours, json.loads(out.stdout.strip().splitlines()[-1])))
+        if rounds:
+            entry = {
+                "rounds": [{"aigc-worker": o, "sentence-transformers": t} for o, t in rounds],
+                "ratio_median": statistics.median(
+                    o["sentences_per_s"] / t["sentences_per_s"] for o, t in rounds),
+                "max_abs_diff_first_vector_head": max(
+                    abs(a - b) for o, t in rounds
+                    for a, b in zip(o["first_vector_head"], t["first_vector_head"])),
+                "rss_ratio": max(o["peak_rss_mib"] / t["peak_rss_mib"] for o, t in rounds),
+            }
+            report["minilm"] = entry
     if "chat" in only:
         report["chat_16_clients"] = concurrent_chat(smollm2_gguf(), args.threads)
     print(json.dumps(report, indent=2))

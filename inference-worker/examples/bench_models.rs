@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             let vectors = model.embed(&inputs)?;
             let seconds = started.elapsed().as_secs_f64();
             json!({
-                "engine": "aigc-worker (candle)",
+                "engine": "aigc-worker",
                 "sentences": vectors.len(),
                 "sentences_per_s": vectors.len() as f64 / seconds,
                 "first_vector_head": &vectors[0][..8],
