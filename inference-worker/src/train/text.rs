@@ -88,7 +88,8 @@ impl Text {
         self.baseline
     }
 
-    fn windows(&self, ids: &[u32], starts: &[usize]) -> Result<(Tensor, Tensor)> {
+    /// Inputs and next-character targets of the windows at `starts`, row-major.
+    fn window_ids(&self, ids: &[u32], starts: &[usize]) -> (Vec<u32>, Vec<u32>) {
         let t = self.model.config().block_size;
         let mut x = Vec::with_capacity(starts.len() * t);
         let mut y = Vec::with_capacity(starts.len() * t);
@@ -96,6 +97,12 @@ impl Text {
             x.extend_from_slice(&ids[s..s + t]);
             y.extend_from_slice(&ids[s + 1..s + t + 1]);
         }
+        (x, y)
+    }
+
+    fn windows(&self, ids: &[u32], starts: &[usize]) -> Result<(Tensor, Tensor)> {
+        let t = self.model.config().block_size;
+        let (x, y) = self.window_ids(ids, starts);
         Ok((
             Tensor::from_vec(x, (starts.len(), t), &self.device)?,
             Tensor::from_vec(y, starts.len() * t, &self.device)?,
@@ -128,14 +135,8 @@ impl Text {
         let trainer = self.cpu_step.as_ref().ok_or_else(|| {
             WorkerError::Unsupported("the hand-written training step runs on the CPU only".into())
         })?;
-        let t = self.model.config().block_size;
-        let mut x = Vec::with_capacity(indices.len() * t);
-        let mut y = Vec::with_capacity(indices.len() * t);
-        for &i in indices {
-            let s = self.starts[i];
-            x.extend_from_slice(&self.train_ids[s..s + t]);
-            y.extend_from_slice(&self.train_ids[s + 1..s + t + 1]);
-        }
+        let starts: Vec<usize> = indices.iter().map(|&i| self.starts[i]).collect();
+        let (x, y) = self.window_ids(&self.train_ids, &starts);
         trainer
             .borrow_mut()
             .loss_and_grads(&self.model, &x, &y, indices.len())
