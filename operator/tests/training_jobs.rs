@@ -683,7 +683,10 @@ async fn a_restarted_operator_converges_without_duplicate_pods() {
 async fn a_job_past_its_deadline_is_stopped_and_failed() {
     let env = Env::start(SchedulerConfig::default()).await;
     env.ready_dataset("quickstart-data").await;
-    env.training_job("slow", json!({"activeDeadlineSeconds": 1}))
+    // Long enough that the pod is created before the deadline even on a loaded machine (with
+    // 1 s the job could fail before its pod existed, and the wait below timed out), short
+    // enough to keep the test quick.
+    env.training_job("slow", json!({"activeDeadlineSeconds": 5}))
         .await;
     env.wait_for::<Pod>("slow-a1-r0", "created", |_| true).await;
     env.run_pod("slow-a1-r0", "127.1.43.1").await;
