@@ -3,8 +3,8 @@
 //!
 //! `RAYON_NUM_THREADS=T cargo run --release -p aigc-worker --example train_bench -- STEPS`
 //! prints one JSON line per architecture: steps per second and peak RSS (the char-transformer
-//! both through candle's autograd and through the hand-written step `train` uses on the CPU). The full side-by-side
-//! run is `scripts/bench-train.sh`.
+//! both through candle's autograd and through the hand-written step `train` uses on the CPU).
+//! The full side-by-side run is `scripts/bench-train.sh`.
 
 use std::time::Instant;
 
