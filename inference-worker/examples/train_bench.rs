@@ -51,6 +51,24 @@ fn report(name: &str, steps: usize, seconds: f64) {
     );
 }
 
+/// Runs `step` `warmup` times, then times `steps` runs and reports them as `name`.
+fn timed(
+    name: &str,
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> aigc_worker::Result<()>,
+) -> aigc_worker::Result<()> {
+    for _ in 0..warmup {
+        step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    report(name, steps, start.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn main() -> aigc_worker::Result<()> {
     let steps: usize = std::env::args()
         .nth(1)
@@ -84,18 +102,11 @@ fn main() -> aigc_worker::Result<()> {
         BATCH,
         &device,
     )?;
-    let mut step = || -> aigc_worker::Result<()> {
+    let step = || -> aigc_worker::Result<()> {
         let loss = candle_nn::loss::cross_entropy(&mlp.forward(&x)?, &y)?;
         adam.step(mlp.params(), &loss.backward()?)
     };
-    for _ in 0..10 {
-        step()?;
-    }
-    let start = Instant::now();
-    for _ in 0..steps * 10 {
-        step()?;
-    }
-    report("mlp-30-64-32-2", steps * 10, start.elapsed().as_secs_f64());
+    timed("mlp-30-64-32-2", 10, steps * 10, step)?;
 
     // Char transformer: vocab 64, d_model 64, 2 layers, 4 heads, context 64.
     let config = CharTransformerConfig {
@@ -114,44 +125,22 @@ fn main() -> aigc_worker::Result<()> {
     // The same step through candle's autograd, for comparison (skipped when
     // AIGC_BENCH_SKIP_AUTOGRAD is set, e.g. to profile the hand-written step alone).
     if std::env::var_os("AIGC_BENCH_SKIP_AUTOGRAD").is_none() {
-        let mut autograd_step = || -> aigc_worker::Result<()> {
+        let autograd_step = || -> aigc_worker::Result<()> {
             let logits = model.forward(&inputs)?.reshape((BATCH * 64, 64))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
             adam.step(model.params(), &loss.backward()?)
         };
-        for _ in 0..3 {
-            autograd_step()?;
-        }
-        let start = Instant::now();
-        for _ in 0..steps {
-            autograd_step()?;
-        }
-        report(
-            "char-transformer-d64-l2-h4-t64 (candle autograd)",
-            steps,
-            start.elapsed().as_secs_f64(),
-        );
+        let name = "char-transformer-d64-l2-h4-t64 (candle autograd)";
+        timed(name, 3, steps, autograd_step)?;
     }
 
     // What `aigc-worker train` runs on the CPU: the hand-written step.
     let inputs = inputs.flatten_all()?.to_vec1::<u32>()?;
     let targets = targets.to_vec1::<u32>()?;
     let mut trainer = CharTrainer::new(&model)?;
-    let mut step = || -> aigc_worker::Result<()> {
+    let step = || -> aigc_worker::Result<()> {
         let (_, grads) = trainer.loss_and_grads(&model, &inputs, &targets, BATCH)?;
         adam.step_with(model.params(), |i, _| grads.get(i).cloned())
     };
-    for _ in 0..3 {
-        step()?;
-    }
-    let start = Instant::now();
-    for _ in 0..steps {
-        step()?;
-    }
-    report(
-        "char-transformer-d64-l2-h4-t64",
-        steps,
-        start.elapsed().as_secs_f64(),
-    );
-    Ok(())
+    timed("char-transformer-d64-l2-h4-t64", 3, steps, step)
 }

@@ -8,13 +8,13 @@
 //! needs little memory.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use aigc_storage::{MANIFEST_KEY, Manifest, ManifestEntry};
 use serde::Serialize;
 
-use crate::models::ModelFormat;
+use crate::models::{ModelFormat, SafetensorsHeader, read_safetensors_header};
 use crate::{Result, WorkerError, objects, summary};
 
 /// Formats `inspect` parses.
@@ -284,31 +284,13 @@ fn inspect_safetensors(dir: &Path, manifest: &Manifest) -> Result<Inspection> {
 /// Elements of every tensor in a safetensors file, from its header alone; the header's
 /// offsets must agree with the file's size.
 fn safetensors_parameters(path: &Path) -> Result<u64> {
-    let mut file = File::open(path).map_err(|e| WorkerError::io(path, e))?;
-    let file_size = file.metadata().map_err(|e| WorkerError::io(path, e))?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|e| corrupt(path, format!("no safetensors header: {e}")))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > file_size.saturating_sub(8) || header_len > 100 << 20 {
-        return Err(corrupt(
-            path,
-            format!("header length {header_len} does not fit the file ({file_size} bytes)"),
-        ));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| corrupt(path, format!("safetensors header: {e}")))?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| {
-            corrupt(
-                path,
-                format!("safetensors header is not a JSON object: {e}"),
-            )
-        })?;
-    let data_bytes = file_size - 8 - header_len;
+    let SafetensorsHeader {
+        data_bytes,
+        tensors: header,
+        ..
+    } = read_safetensors_header(path)?;
     let mut parameters = 0u64;
-    for (name, tensor) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+    for (name, tensor) in &header {
         let shape = tensor["shape"]
             .as_array()
             .ok_or_else(|| corrupt(path, format!("tensor {name:?} has no shape")))?;

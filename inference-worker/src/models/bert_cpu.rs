@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 use rayon::prelude::*;
 
-use super::cpu::{self, Activation, View, layer_norm, linear, matmul, with_avx2};
+use super::cpu::{Activation, View, layer_norm, linear, matmul, softmax_rows};
+use super::read_safetensors_header;
 use crate::error::WorkerError;
 
 /// Tokens run through the encoder together; bounds the activations at about
@@ -295,7 +296,7 @@ impl BertCpu {
                     scale,
                     false,
                 );
-                softmax_rows(&mut scores, len);
+                softmax_rows(&mut scores, len, false);
                 matmul(
                     (&mut out[k * hd..], View::rows(len, hd, h)),
                     (&scores, square),
@@ -305,30 +306,6 @@ impl BertCpu {
                 );
             }
         });
-    }
-}
-
-with_avx2! {
-    /// Softmax of each `width`-wide row in place.
-    fn softmax_rows(x: &mut [f32], width: usize) => softmax_rows_body
-}
-
-#[inline(always)]
-fn softmax_rows_body(x: &mut [f32], width: usize) {
-    for row in x.chunks_exact_mut(width) {
-        let mut max = f32::NEG_INFINITY;
-        for &v in row.iter() {
-            max = max.max(v);
-        }
-        let mut sum = 0.0f32;
-        for v in row.iter_mut() {
-            *v = cpu::exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
     }
 }
 
@@ -364,30 +341,12 @@ impl Weights {
                 path: path.clone(),
                 reason,
             };
-            let mut file = File::open(path).map_err(|e| WorkerError::io(path, e))?;
-            let total = file.metadata().map_err(|e| WorkerError::io(path, e))?.len();
-            let mut len = [0u8; 8];
-            file.read_exact(&mut len)
-                .map_err(|e| WorkerError::io(path, e))?;
-            let len = u64::from_le_bytes(len);
-            if len > 100 << 20 || 8 + len > total {
-                return Err(corrupt(format!(
-                    "safetensors header of {len} bytes in a file of {total}"
-                )));
-            }
-            let mut header = vec![0u8; len as usize];
-            file.read_exact(&mut header)
-                .map_err(|e| WorkerError::io(path, e))?;
-            let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-                .map_err(|e| corrupt(format!("safetensors header: {e}")))?;
-            for (name, value) in entries {
-                if name == "__metadata__" {
-                    continue;
-                }
+            let header = read_safetensors_header(path)?;
+            for (name, value) in header.tensors {
                 let entry: TensorEntry = serde_json::from_value(value)
                     .map_err(|e| corrupt(format!("safetensors entry {name:?}: {e}")))?;
                 let (start, end) = entry.data_offsets;
-                if start > end || 8 + len + end > total {
+                if start > end || end > header.data_bytes {
                     return Err(corrupt(format!(
                         "tensor {name:?} lies outside the file ({start}..{end})"
                     )));
@@ -396,11 +355,11 @@ impl Weights {
                     file: i,
                     dtype: entry.dtype,
                     shape: entry.shape,
-                    range: (8 + len + start, 8 + len + end),
+                    range: (header.data_start + start, header.data_start + end),
                 };
                 index.insert(name, located);
             }
-            files.push((path.clone(), file));
+            files.push((path.clone(), header.file));
         }
         Ok(Weights { index, files })
     }

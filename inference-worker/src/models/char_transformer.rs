@@ -95,7 +95,8 @@ pub struct CharTransformer {
 }
 
 const INIT_STD: f64 = 0.02;
-const LN_EPS: f32 = 1e-5;
+/// Layer-norm epsilon (also the hand-written training step's).
+pub(crate) const LN_EPS: f32 = 1e-5;
 
 impl CharTransformer {
     /// A freshly initialised model, drawn from `rng`.

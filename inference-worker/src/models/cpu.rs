@@ -256,6 +256,33 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+with_avx2! {
+    /// Softmax in place of each `width`-wide row of `x`; with `causal`, row `i` over its
+    /// columns `0..=i` only, zero after them.
+    pub(crate) fn softmax_rows(x: &mut [f32], width: usize, causal: bool) => softmax_rows_body
+}
+
+#[inline(always)]
+fn softmax_rows_body(x: &mut [f32], width: usize, causal: bool) {
+    for (i, row) in x.chunks_exact_mut(width).enumerate() {
+        let (row, masked) = row.split_at_mut(if causal { i + 1 } else { width });
+        masked.fill(0.0);
+        let mut max = f32::NEG_INFINITY;
+        for &v in row.iter() {
+            max = max.max(v);
+        }
+        let mut sum = 0.0f32;
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
 /// The activation [`linear`] applies to its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activation {

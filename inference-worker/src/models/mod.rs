@@ -170,6 +170,49 @@ impl ModelFormat {
     }
 }
 
+/// The header of a `.safetensors` file, read without touching its data.
+pub(crate) struct SafetensorsHeader {
+    /// The file, open for reading tensors.
+    pub file: File,
+    /// Where the data section starts in the file, and its length in bytes.
+    pub data_start: u64,
+    pub data_bytes: u64,
+    /// Tensor name to its entry (`dtype`, `shape`, `data_offsets`); `__metadata__` left out.
+    pub tensors: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads the header of the safetensors file at `path`; its length must fit the file.
+pub(crate) fn read_safetensors_header(path: &Path) -> Result<SafetensorsHeader, WorkerError> {
+    let corrupt = |reason: String| WorkerError::ModelFormat {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(|e| WorkerError::io(path, e))?;
+    let file_size = file.metadata().map_err(|e| WorkerError::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| corrupt(format!("no safetensors header: {e}")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_size.saturating_sub(8) || header_len > 100 << 20 {
+        return Err(corrupt(format!(
+            "header length {header_len} does not fit the file ({file_size} bytes)"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| corrupt(format!("safetensors header: {e}")))?;
+    let mut tensors: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header)
+            .map_err(|e| corrupt(format!("safetensors header is not a JSON object: {e}")))?;
+    tensors.remove("__metadata__");
+    Ok(SafetensorsHeader {
+        file,
+        data_start: 8 + header_len,
+        data_bytes: file_size - 8 - header_len,
+        tensors,
+    })
+}
+
 fn has_gguf_magic(path: &Path) -> Result<bool, WorkerError> {
     let mut magic = [0u8; 4];
     let mut file = File::open(path).map_err(|e| WorkerError::io(path, e))?;

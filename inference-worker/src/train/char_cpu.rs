@@ -24,12 +24,13 @@ use std::ops::Range;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::models::cpu::{Activation, View, band, lane_sum, layer_norm, linear, matmul, with_avx2};
+use crate::models::char_transformer::LN_EPS;
+use crate::models::cpu::{
+    Activation, View, band, lane_sum, layer_norm, linear, matmul, softmax_rows, with_avx2,
+};
 use crate::models::{CharTransformer, CharTransformerConfig};
 use crate::{Result, WorkerError};
 
-/// Layer-norm epsilon, as in the model.
-const LN_EPS: f32 = 1e-5;
 /// Where one block's parameters sit in the flat parameter buffer.
 struct BlockParams {
     ln1_w: Range<usize>,
@@ -659,38 +660,11 @@ fn attention(
                 let k = &qkv[d + h * hd..];
                 let v = &qkv[2 * d + h * hd..];
                 matmul((att, square), (q, head), (k, head.t()), scale, false);
-                causal_softmax(att, time);
+                softmax_rows(att, time, true);
                 let y = (&mut out[h * hd..], View::rows(time, hd, d));
                 matmul(y, (att, square), (v, head), 1.0, false);
             }
         });
-}
-
-with_avx2! {
-    /// Softmax of each row `i` of a `time x time` matrix over columns `0..=i`; zero above
-    /// the diagonal.
-    fn causal_softmax(scores: &mut [f32], time: usize) => causal_softmax_body
-}
-
-#[inline(always)]
-fn causal_softmax_body(scores: &mut [f32], time: usize) {
-    for (i, row) in scores.chunks_exact_mut(time).enumerate() {
-        let (row, above) = row.split_at_mut(i + 1);
-        above.fill(0.0);
-        let mut max = f32::NEG_INFINITY;
-        for &s in row.iter() {
-            max = max.max(s);
-        }
-        let mut sum = 0.0f32;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for s in row.iter_mut() {
-            *s *= inv;
-        }
-    }
 }
 
 /// Gradient of [`attention`] with respect to `qkv`, given the gradient of its output.

@@ -199,13 +199,14 @@ impl Objective {
                 )))
             }
         };
+        if let Objective::Text(t) = self
+            && let Some((value, grads)) = t.cpu_loss_and_grads(indices)?
+        {
+            check(value as f64)?;
+            adam.step_with(t.model.params(), |i, _| grads.get(i).cloned())?;
+            return Ok(value as f64);
+        }
         let loss = match self {
-            Objective::Text(t) if t.has_cpu_step() => {
-                let (value, grads) = t.cpu_loss_and_grads(indices)?;
-                check(value as f64)?;
-                adam.step_with(t.model.params(), |i, _| grads.get(i).cloned())?;
-                return Ok(value as f64);
-            }
             Objective::Tabular(t) => t.batch_loss(indices)?,
             Objective::Text(t) => t.batch_loss(indices)?,
         };

@@ -124,22 +124,18 @@ impl Text {
         self.loss(&x, &y)
     }
 
-    /// Whether training steps run through [`Text::cpu_loss_and_grads`].
-    pub fn has_cpu_step(&self) -> bool {
-        self.cpu_step.is_some()
-    }
-
     /// The batch's loss and every parameter's gradient (in `Params` order) from the
-    /// hand-written CPU step.
-    pub fn cpu_loss_and_grads(&self, indices: &[usize]) -> Result<(f32, Vec<Tensor>)> {
-        let trainer = self.cpu_step.as_ref().ok_or_else(|| {
-            WorkerError::Unsupported("the hand-written training step runs on the CPU only".into())
-        })?;
+    /// hand-written CPU step; `None` where there is none (not on the CPU).
+    pub fn cpu_loss_and_grads(&self, indices: &[usize]) -> Result<Option<(f32, Vec<Tensor>)>> {
+        let Some(trainer) = &self.cpu_step else {
+            return Ok(None);
+        };
         let starts: Vec<usize> = indices.iter().map(|&i| self.starts[i]).collect();
         let (x, y) = self.window_ids(&self.train_ids, &starts);
-        trainer
+        let step = trainer
             .borrow_mut()
-            .loss_and_grads(&self.model, &x, &y, indices.len())
+            .loss_and_grads(&self.model, &x, &y, indices.len())?;
+        Ok(Some(step))
     }
 
     /// Mean loss over non-overlapping validation windows; the metric is perplexity.
