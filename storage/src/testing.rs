@@ -139,6 +139,11 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (for resource accounting in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The access key id [`MotoServer::config`] uses.
     pub fn access_key(&self) -> &str {
         &self.access_key
