@@ -1,7 +1,7 @@
 //! CPU building blocks of the hand-written model passes (the char-transformer's training
-//! step, the BERT embedding forward): strided matrix products through `gemm` split in one
-//! band of rows per thread with a fused epilogue, row loops compiled for AVX2 where the CPU
-//! has it, layer norm and activations.
+//! step, the BERT embedding forward): strided matrix products through `gemm` (or an AVX-512
+//! kernel where the CPU has one) split in one band of rows per thread with a fused epilogue,
+//! row loops compiled for AVX2 where the CPU has it, layer norm and activations.
 
 use rayon::prelude::*;
 
@@ -77,8 +77,26 @@ impl View {
     }
 }
 
-/// `dst = scale * lhs @ rhs` through `gemm`. `parallel` splits the rows of the product
-/// over rayon's threads; the inner dimension is never split.
+/// Products smaller than this (in multiply-adds) go to `gemm`, whose packing costs less.
+#[cfg(target_arch = "x86_64")]
+const AVX512_MIN_WORK: usize = 1 << 15;
+
+/// Whether products run on the AVX-512 kernel: when the CPU has AVX-512F, unless
+/// `AIGC_NO_AVX512=1` (for benchmarking the two side by side).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        super::sgemm_avx512::available()
+            && std::env::var("AIGC_NO_AVX512")
+                .ok()
+                .is_none_or(|v| v.is_empty() || v == "0")
+    })
+}
+
+/// `dst = scale * lhs @ rhs` through `gemm`, or an AVX-512 kernel where the CPU has one.
+/// `parallel` splits the rows of the product over rayon's threads; the inner dimension is
+/// never split.
 pub(crate) fn matmul(
     dst: (&mut [f32], View),
     lhs: (&[f32], View),
@@ -130,6 +148,15 @@ pub(crate) fn matmul_then(
                     &|r, rows| epilogue(r0 + r, rows),
                 );
             });
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if dst_view.col_stride == 1 && m * n * k >= AVX512_MIN_WORK && avx512() {
+        // SAFETY: as below, and the CPU has AVX-512F.
+        unsafe {
+            super::sgemm_avx512::matmul((dst, dst_view), (lhs, lhs_view), (rhs, rhs_view), scale)
+        };
+        epilogue(0, dst);
         return;
     }
     // SAFETY: every view was checked to lie inside its slice, `dst` is borrowed mutably and

@@ -9,6 +9,8 @@ pub(crate) mod cpu;
 pub mod llama;
 pub mod mlp;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx512;
 pub mod text_classifier;
 pub mod trained;
 
