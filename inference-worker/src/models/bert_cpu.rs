@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 use rayon::prelude::*;
 
-use super::cpu::{Activation, View, layer_norm, linear, matmul, softmax_rows};
+use super::cpu::{Activation, View, Weight, layer_norm, linear_weight, matmul, softmax_rows};
 use super::read_safetensors_header;
 use crate::error::WorkerError;
 
@@ -27,19 +27,20 @@ const BATCH_TOKENS: usize = 2048;
 
 struct Layer {
     /// Query, key and value weights stacked: `3 * hidden` rows of `hidden`.
-    qkv_w: Vec<f32>,
+    qkv_w: Weight,
     qkv_b: Vec<f32>,
-    out_w: Vec<f32>,
+    out_w: Weight,
     out_b: Vec<f32>,
     ln1: (Vec<f32>, Vec<f32>),
-    inter_w: Vec<f32>,
+    inter_w: Weight,
     inter_b: Vec<f32>,
-    down_w: Vec<f32>,
+    down_w: Weight,
     down_b: Vec<f32>,
     ln2: (Vec<f32>, Vec<f32>),
 }
 
-/// A BERT encoder's weights as plain vectors.
+/// A BERT encoder's weights as plain vectors, the dense layers' packed for the AVX-512 kernel
+/// where it runs.
 pub(crate) struct BertCpu {
     hidden: usize,
     heads: usize,
@@ -103,14 +104,26 @@ impl BertCpu {
             }
             let inter = config.intermediate_size;
             layers.push(Layer {
-                qkv_w,
+                qkv_w: Weight::new(qkv_w, 3 * h, h),
                 qkv_b,
-                out_w: get(&[h, h], &format!("{p}.attention.output.dense.weight"))?,
+                out_w: Weight::new(
+                    get(&[h, h], &format!("{p}.attention.output.dense.weight"))?,
+                    h,
+                    h,
+                ),
                 out_b: get(&[h], &format!("{p}.attention.output.dense.bias"))?,
                 ln1: norm(&format!("{p}.attention.output"))?,
-                inter_w: get(&[inter, h], &format!("{p}.intermediate.dense.weight"))?,
+                inter_w: Weight::new(
+                    get(&[inter, h], &format!("{p}.intermediate.dense.weight"))?,
+                    inter,
+                    h,
+                ),
                 inter_b: get(&[inter], &format!("{p}.intermediate.dense.bias"))?,
-                down_w: get(&[h, inter], &format!("{p}.output.dense.weight"))?,
+                down_w: Weight::new(
+                    get(&[h, inter], &format!("{p}.output.dense.weight"))?,
+                    h,
+                    inter,
+                ),
                 down_b: get(&[h], &format!("{p}.output.dense.bias"))?,
                 ln2: norm(&format!("{p}.output"))?,
             });
@@ -197,7 +210,7 @@ impl BertCpu {
         let mut mid = vec![0.0f32; m * h];
         let mut inter = vec![0.0f32; m * self.intermediate];
         for layer in &self.layers {
-            linear(
+            linear_weight(
                 &mut qkv,
                 &x,
                 &layer.qkv_w,
@@ -209,7 +222,7 @@ impl BertCpu {
                 3 * h,
             );
             self.attention(&qkv, &mut context, &lens);
-            linear(
+            linear_weight(
                 &mut mid,
                 &context,
                 &layer.out_w,
@@ -221,7 +234,7 @@ impl BertCpu {
                 h,
             );
             ln(&mid, &mut x, &mut stats, &layer.ln1);
-            linear(
+            linear_weight(
                 &mut inter,
                 &x,
                 &layer.inter_w,
@@ -232,7 +245,7 @@ impl BertCpu {
                 h,
                 self.intermediate,
             );
-            linear(
+            linear_weight(
                 &mut mid,
                 &inter,
                 &layer.down_w,

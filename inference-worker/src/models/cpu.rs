@@ -1,7 +1,7 @@
 //! CPU building blocks of the hand-written model passes (the char-transformer's training
 //! step, the BERT embedding forward): strided matrix products through `gemm` (or an AVX-512
 //! kernel where the CPU has one) split in one band of rows per thread with a fused epilogue,
-//! row loops compiled for AVX2 where the CPU has it, layer norm and activations.
+//! row loops compiled for AVX-512 or AVX2 where the CPU has them, layer norm and activations.
 
 use rayon::prelude::*;
 
@@ -11,14 +11,23 @@ pub(crate) fn band(rows: usize) -> usize {
     rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
 
-/// Defines `fn $name`, which runs `$body` compiled for AVX2 and FMA when the CPU has them
-/// (the binary itself targets any x86-64) and the portable build otherwise. `$body` must be
-/// `#[inline(always)]` and free of closures, which would not inherit the features. The
-/// results agree up to rounding, and are always the same on one machine.
-macro_rules! with_avx2 {
+/// Defines `fn $name`, which runs `$body` compiled for AVX-512F or for AVX2 and FMA when
+/// the CPU has them (the binary itself targets any x86-64) and the portable build otherwise.
+/// `$body` must be `#[inline(always)]` and free of closures, which would not inherit the
+/// features. The results agree up to rounding, and are always the same on one machine.
+macro_rules! with_simd {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has the features `wide` is compiled for.
+                return unsafe { wide($($arg),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -35,7 +44,7 @@ macro_rules! with_avx2 {
     };
 }
 
-pub(crate) use with_avx2;
+pub(crate) use with_simd;
 
 /// A matrix inside a slice: element `(r, c)` is at `r * row_stride + c * col_stride`.
 #[derive(Clone, Copy, Debug)]
@@ -110,21 +119,59 @@ pub(crate) fn matmul(
 /// [`matmul`], then `epilogue(first_row, rows)` on each band of rows of `dst` right after
 /// its product, while it is in cache.
 pub(crate) fn matmul_then(
-    (dst, dst_view): (&mut [f32], View),
-    (lhs, lhs_view): (&[f32], View),
+    dst: (&mut [f32], View),
+    lhs: (&[f32], View),
     (rhs, rhs_view): (&[f32], View),
     scale: f32,
     parallel: bool,
     epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    let (m, k, n) = (lhs_view.rows, lhs_view.cols, rhs_view.cols);
+    rhs_view.check(rhs.len());
+    product(
+        dst,
+        lhs,
+        Rhs::View(rhs, rhs_view),
+        scale,
+        parallel,
+        epilogue,
+    );
+}
+
+/// The right-hand side of a product.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    /// A view, checked to lie inside its slice.
+    View(&'a [f32], View),
+    /// A matrix packed for the AVX-512 kernel.
+    #[cfg(target_arch = "x86_64")]
+    Packed(&'a super::sgemm_avx512::Packed),
+}
+
+impl Rhs<'_> {
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Rhs::View(_, view) => (view.rows, view.cols),
+            #[cfg(target_arch = "x86_64")]
+            Rhs::Packed(packed) => packed.shape(),
+        }
+    }
+}
+
+fn product(
+    (dst, dst_view): (&mut [f32], View),
+    (lhs, lhs_view): (&[f32], View),
+    rhs: Rhs<'_>,
+    scale: f32,
+    parallel: bool,
+    epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let (m, k, n) = (lhs_view.rows, lhs_view.cols, dst_view.cols);
     assert!(
-        rhs_view.rows == k && dst_view.rows == m && dst_view.cols == n,
+        rhs.shape() == (k, n) && dst_view.rows == m,
         "matrix shapes do not match"
     );
     dst_view.check(dst.len());
     lhs_view.check(lhs.len());
-    rhs_view.check(rhs.len());
     let threads = rayon::current_num_threads();
     if parallel && threads > 1 && m >= 2 * threads && dst_view.col_stride == 1 {
         // One band of rows of the result (and of `lhs`) per thread: at these sizes finer
@@ -139,10 +186,10 @@ pub(crate) fn matmul_then(
                 let rows = band.min(m - r0);
                 let lhs = &lhs[r0 * lhs_view.row_stride..];
                 let views = (View { rows, ..dst_view }, View { rows, ..lhs_view });
-                matmul_then(
+                product(
                     (dst, views.0),
                     (lhs, views.1),
-                    (rhs, rhs_view),
+                    rhs,
                     scale,
                     false,
                     &|r, rows| epilogue(r0 + r, rows),
@@ -150,6 +197,20 @@ pub(crate) fn matmul_then(
             });
         return;
     }
+    let (rhs, rhs_view) = match rhs {
+        Rhs::View(rhs, view) => (rhs, view),
+        #[cfg(target_arch = "x86_64")]
+        Rhs::Packed(packed) => {
+            // Only `Weight::new` packs, and only where the kernel runs.
+            assert!(dst_view.col_stride == 1 && avx512());
+            // SAFETY: the views were checked, and the CPU has AVX-512F.
+            unsafe {
+                super::sgemm_avx512::matmul_packed((dst, dst_view), (lhs, lhs_view), packed, scale)
+            };
+            epilogue(0, dst);
+            return;
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if dst_view.col_stride == 1 && m * n * k >= AVX512_MIN_WORK && avx512() {
         // SAFETY: as below, and the CPU has AVX-512F.
@@ -187,6 +248,38 @@ pub(crate) fn matmul_then(
     epilogue(0, dst);
 }
 
+/// A layer's weight matrix for [`linear_weight`], `n x k` (outputs by inputs): packed once
+/// for the AVX-512 kernel where products run on it (and then not kept as rows).
+pub(crate) enum Weight {
+    Rows {
+        values: Vec<f32>,
+        n: usize,
+        k: usize,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Packed(super::sgemm_avx512::Packed),
+}
+
+impl Weight {
+    pub(crate) fn new(values: Vec<f32>, n: usize, k: usize) -> Weight {
+        assert_eq!(values.len(), n * k, "a weight's values must fill its shape");
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            let view = View::rows(n, k, k).t();
+            return Weight::Packed(super::sgemm_avx512::Packed::new(&values, view));
+        }
+        Weight::Rows { values, n, k }
+    }
+
+    fn rhs(&self) -> Rhs<'_> {
+        match self {
+            Weight::Rows { values, n, k } => Rhs::View(values, View::rows(*n, *k, *k).t()),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Packed(packed) => Rhs::Packed(packed),
+        }
+    }
+}
+
 /// `out[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]) (+ residual[m, n])`, then `activation`.
 /// The additions run on each band of rows right after its product, while it is in cache.
 #[allow(clippy::too_many_arguments)]
@@ -194,6 +287,40 @@ pub(crate) fn linear(
     out: &mut [f32],
     x: &[f32],
     w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    activation: Activation,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let view = View::rows(n, k, k);
+    view.check(w.len());
+    let rhs = Rhs::View(w, view.t());
+    linear_rhs(out, x, rhs, bias, residual, activation, m, k, n);
+}
+
+/// [`linear`] with a [`Weight`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn linear_weight(
+    out: &mut [f32],
+    x: &[f32],
+    w: &Weight,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    activation: Activation,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    linear_rhs(out, x, w.rhs(), bias, residual, activation, m, k, n);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_rhs(
+    out: &mut [f32],
+    x: &[f32],
+    rhs: Rhs<'_>,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     activation: Activation,
@@ -225,10 +352,10 @@ pub(crate) fn linear(
             }
         }
     };
-    matmul_then(
+    product(
         (out, View::rows(m, n, n)),
         (x, View::rows(m, k, k)),
-        (w, View::rows(n, k, k).t()),
+        rhs,
         1.0,
         true,
         &epilogue,
@@ -283,7 +410,7 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-with_avx2! {
+with_simd! {
     /// Softmax in place of each `width`-wide row of `x`; with `causal`, row `i` over its
     /// columns `0..=i` only, zero after them.
     pub(crate) fn softmax_rows(x: &mut [f32], width: usize, causal: bool) => softmax_rows_body
@@ -319,7 +446,7 @@ pub(crate) enum Activation {
     Gelu,
 }
 
-with_avx2! {
+with_simd! {
     /// Exact GELU in place, through [`erf`].
     pub(crate) fn gelu(x: &mut [f32]) => gelu_body
 }

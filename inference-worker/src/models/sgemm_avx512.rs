@@ -42,13 +42,90 @@ thread_local! {
 /// are contiguous (`col_stride == 1`) and the shapes agree (`lhs` is `m x k`, `rhs` is
 /// `k x n`, `dst` is `m x n`).
 pub(crate) unsafe fn matmul(
-    (dst, dv): (&mut [f32], View),
-    (lhs, lv): (&[f32], View),
+    dst: (&mut [f32], View),
+    lhs: (&[f32], View),
     (rhs, rv): (&[f32], View),
     scale: f32,
 ) {
-    let (m, k, n) = (lv.rows, lv.cols, rv.cols);
-    debug_assert!(dv.col_stride == 1 && dv.rows == m && dv.cols == n && rv.rows == k);
+    assert!(
+        rv.rows == lhs.1.cols && rv.cols == dst.1.cols,
+        "matrix shapes do not match"
+    );
+    // SAFETY: passed on from the caller.
+    unsafe { product(dst, lhs, Source::View(rhs, rv), scale) }
+}
+
+/// [`matmul`] with `rhs` packed beforehand, for weights used in many products.
+///
+/// # Safety
+/// As for [`matmul`], with `rhs`'s shape from [`Packed::shape`].
+pub(crate) unsafe fn matmul_packed(
+    dst: (&mut [f32], View),
+    lhs: (&[f32], View),
+    rhs: &Packed,
+    scale: f32,
+) {
+    assert!(
+        rhs.shape() == (lhs.1.cols, dst.1.cols),
+        "matrix shapes do not match"
+    );
+    // SAFETY: passed on from the caller.
+    unsafe { product(dst, lhs, Source::Packed(rhs), scale) }
+}
+
+/// A `k x n` matrix in the kernel's layout: for each block of `NC` columns, each block of
+/// `KC` rows as [`pack_rhs`] lays it out.
+pub(crate) struct Packed {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    pub(crate) fn new(rhs: &[f32], rv: View) -> Packed {
+        let (k, n) = (rv.rows, rv.cols);
+        let mut data = Vec::with_capacity(n.div_ceil(NR) * NR * k);
+        let mut block = Vec::new();
+        for jc in (0..n).step_by(NC) {
+            for pc in (0..k).step_by(KC) {
+                pack_rhs(&mut block, rhs, rv, pc, KC.min(k - pc), jc, NC.min(n - jc));
+                data.extend_from_slice(&block);
+            }
+        }
+        Packed { k, n, data }
+    }
+
+    /// Rows and columns of the matrix.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// The block starting at row `pc` and column `jc`: every earlier block of columns is
+    /// `NC` (a multiple of `NR`) wide, so unpadded.
+    fn block(&self, jc: usize, pc: usize) -> &[f32] {
+        let padded = NC.min(self.n - jc).div_ceil(NR) * NR;
+        let kc = KC.min(self.k - pc);
+        &self.data[jc * self.k + pc * padded..][..padded * kc]
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    View(&'a [f32], View),
+    Packed(&'a Packed),
+}
+
+/// # Safety
+/// As for [`matmul`].
+unsafe fn product(
+    (dst, dv): (&mut [f32], View),
+    (lhs, lv): (&[f32], View),
+    rhs: Source<'_>,
+    scale: f32,
+) {
+    let (m, k) = (lv.rows, lv.cols);
+    let n = dv.cols;
+    debug_assert!(dv.col_stride == 1 && dv.rows == m);
     if m == 0 || n == 0 {
         return;
     }
@@ -59,13 +136,19 @@ pub(crate) unsafe fn matmul(
         return;
     }
     PACKED.with(|packed| {
-        let pb = &mut *packed.borrow_mut();
+        let scratch = &mut *packed.borrow_mut();
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let panels = nc.div_ceil(NR);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                pack_rhs(pb, rhs, rv, pc, kc, jc, nc);
+                let pb: &[f32] = match rhs {
+                    Source::View(rhs, rv) => {
+                        pack_rhs(scratch, rhs, rv, pc, kc, jc, nc);
+                        scratch
+                    }
+                    Source::Packed(packed) => packed.block(jc, pc),
+                };
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     for jr in 0..panels {
@@ -261,6 +344,23 @@ mod tests {
                     )
                 };
                 let want = reference(&lhs, lv, &rhs, rv, 0.5);
+                let mut from_packed = vec![f32::NAN; m * stride];
+                // SAFETY: as above.
+                unsafe {
+                    matmul_packed(
+                        (&mut from_packed, View::rows(m, n, stride)),
+                        (&lhs, lv),
+                        &Packed::new(&rhs, rv),
+                        0.5,
+                    )
+                };
+                // NaN padding compares unequal: compare the bits.
+                assert!(
+                    dst.iter()
+                        .zip(&from_packed)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{m}x{k}x{n}: packed beforehand or not, the product is the same"
+                );
                 for i in 0..m {
                     for j in 0..n {
                         let got = dst[i * stride + j] as f64;

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::models::char_transformer::LN_EPS;
 use crate::models::cpu::{
-    Activation, View, band, lane_sum, layer_norm, linear, matmul, softmax_rows, with_avx2,
+    Activation, View, band, lane_sum, layer_norm, linear, matmul, softmax_rows, with_simd,
 };
 use crate::models::{CharTransformer, CharTransformerConfig};
 use crate::{Result, WorkerError};
@@ -712,7 +712,7 @@ fn attention_backward(
         );
 }
 
-with_avx2! {
+with_simd! {
     /// `d = p * (d - sum(p * d)) * scale` along each row of the attention weights `p`.
     fn softmax_backward(d: &mut [f32], p: &[f32], time: usize, scale: f32) => softmax_backward_body
 }
