@@ -125,7 +125,10 @@ unsafe fn product(
 ) {
     let (m, k) = (lv.rows, lv.cols);
     let n = dv.cols;
-    debug_assert!(dv.col_stride == 1 && dv.rows == m);
+    assert!(
+        dv.col_stride == 1 && dv.rows == m,
+        "the kernel writes rows of contiguous columns"
+    );
     if m == 0 || n == 0 {
         return;
     }
