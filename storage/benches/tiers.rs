@@ -109,7 +109,8 @@ async fn main() {
         let rounds = std::env::var("AIGC_BENCH_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(3);
+            .unwrap_or(3)
+            .max(1);
         s3_buckets(&from, &options, total, rounds).await;
     }
 }
@@ -176,14 +177,15 @@ fn cpu_seconds(pid: &str) -> (f64, f64) {
                 .collect()
         })
         .unwrap_or_default();
+    // In clock ticks (USER_HZ, 100 on Linux).
     let ticks = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0;
     // utime, stime, cutime, cstime are fields 14-17 of the line, 11-14 after the name.
     (ticks(11) + ticks(12), ticks(13) + ticks(14))
 }
 
-/// Between two buckets of one local S3 server: `migrate` against `aws s3 cp --recursive`,
-/// alternating which goes first, each round into fresh buckets emptied afterwards (moto keeps
-/// every object in memory).
+/// Between two buckets of one local S3 server: `migrate` against `aws s3 cp --recursive` and
+/// bare copies, rotating which goes first, each round into fresh buckets emptied afterwards
+/// (moto keeps every object in memory).
 async fn s3_buckets(from: &Tier, options: &MigrationOptions, total: u64, rounds: usize) {
     let mib = total >> 20;
     let server = MotoServer::start().expect("moto[server] is installed");
