@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 use rayon::prelude::*;
 
-use super::cpu::{Activation, View, Weight, layer_norm, linear_weight, matmul, softmax_rows};
+use super::cpu::{Activation, View, Weight, layer_norm, linear, matmul, softmax_rows};
 use super::read_safetensors_header;
 use crate::error::WorkerError;
 
@@ -210,7 +210,7 @@ impl BertCpu {
         let mut mid = vec![0.0f32; m * h];
         let mut inter = vec![0.0f32; m * self.intermediate];
         for layer in &self.layers {
-            linear_weight(
+            linear(
                 &mut qkv,
                 &x,
                 &layer.qkv_w,
@@ -222,7 +222,7 @@ impl BertCpu {
                 3 * h,
             );
             self.attention(&qkv, &mut context, &lens);
-            linear_weight(
+            linear(
                 &mut mid,
                 &context,
                 &layer.out_w,
@@ -234,7 +234,7 @@ impl BertCpu {
                 h,
             );
             ln(&mid, &mut x, &mut stats, &layer.ln1);
-            linear_weight(
+            linear(
                 &mut inter,
                 &x,
                 &layer.inter_w,
@@ -245,7 +245,7 @@ impl BertCpu {
                 h,
                 self.intermediate,
             );
-            linear_weight(
+            linear(
                 &mut mid,
                 &inter,
                 &layer.down_w,

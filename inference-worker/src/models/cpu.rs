@@ -139,7 +139,7 @@ pub(crate) fn matmul_then(
 
 /// The right-hand side of a product.
 #[derive(Clone, Copy)]
-enum Rhs<'a> {
+pub(crate) enum Rhs<'a> {
     /// A view, checked to lie inside its slice.
     View(&'a [f32], View),
     /// A matrix packed for the AVX-512 kernel.
@@ -248,7 +248,7 @@ fn product(
     epilogue(0, dst);
 }
 
-/// A layer's weight matrix for [`linear_weight`], `n x k` (outputs by inputs): packed once
+/// A layer's weight matrix for [`linear`], `n x k` (outputs by inputs): packed once
 /// for the AVX-512 kernel where products run on it (and then not kept as rows).
 pub(crate) enum Weight {
     Rows {
@@ -270,8 +270,25 @@ impl Weight {
         }
         Weight::Rows { values, n, k }
     }
+}
 
-    fn rhs(&self) -> Rhs<'_> {
+/// The weights [`linear`] multiplies by: `n x k` rows in a slice, or a [`Weight`].
+pub(crate) trait LinearWeight {
+    /// The weight as the `k x n` right-hand side of a product.
+    fn rhs(&self, n: usize, k: usize) -> Rhs<'_>;
+}
+
+impl LinearWeight for [f32] {
+    fn rhs(&self, n: usize, k: usize) -> Rhs<'_> {
+        let view = View::rows(n, k, k);
+        view.check(self.len());
+        Rhs::View(self, view.t())
+    }
+}
+
+impl LinearWeight for Weight {
+    /// The shape is the weight's own; the product checks it against `n` and `k`.
+    fn rhs(&self, _n: usize, _k: usize) -> Rhs<'_> {
         match self {
             Weight::Rows { values, n, k } => Rhs::View(values, View::rows(*n, *k, *k).t()),
             #[cfg(target_arch = "x86_64")]
@@ -283,44 +300,10 @@ impl Weight {
 /// `out[m, n] = x[m, k] @ w[n, k]^T (+ bias[n]) (+ residual[m, n])`, then `activation`.
 /// The additions run on each band of rows right after its product, while it is in cache.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn linear(
+pub(crate) fn linear<W: LinearWeight + ?Sized>(
     out: &mut [f32],
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    activation: Activation,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    let view = View::rows(n, k, k);
-    view.check(w.len());
-    let rhs = Rhs::View(w, view.t());
-    linear_rhs(out, x, rhs, bias, residual, activation, m, k, n);
-}
-
-/// [`linear`] with a [`Weight`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn linear_weight(
-    out: &mut [f32],
-    x: &[f32],
-    w: &Weight,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    activation: Activation,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    linear_rhs(out, x, w.rhs(), bias, residual, activation, m, k, n);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn linear_rhs(
-    out: &mut [f32],
-    x: &[f32],
-    rhs: Rhs<'_>,
+    w: &W,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     activation: Activation,
@@ -355,7 +338,7 @@ fn linear_rhs(
     product(
         (out, View::rows(m, n, n)),
         (x, View::rows(m, k, k)),
-        rhs,
+        w.rhs(n, k),
         1.0,
         true,
         &epilogue,
