@@ -41,6 +41,14 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The largest element-wise difference between two vectors.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 #[tokio::test]
 async fn embeddings_match_sentence_transformers_and_rank_paraphrases() {
     let server = start(loopback_args(minilm_dir())).await;
@@ -60,11 +68,7 @@ async fn embeddings_match_sentence_transformers_and_rank_paraphrases() {
     assert_eq!(got.len(), reference.embeddings.len());
     for (i, (g, r)) in got.iter().zip(&reference.embeddings).enumerate() {
         assert_eq!(g.len(), 384);
-        let worst = g
-            .iter()
-            .zip(r)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(g, r);
         assert!(worst < 1e-3, "sentence {i} differs by {worst}");
         let norm = cosine(g, g).sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "sentence {i} has norm {norm}");
@@ -130,20 +134,12 @@ async fn single_string_base64_and_batched_requests_agree() {
                 .await
                 .json(),
         );
-        let worst = got[0]
-            .iter()
-            .zip(&alone[0])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&got[0], &alone[0]);
         assert!(
             worst < 1e-5,
             "batched and alone differ by {worst} for {text:?}"
         );
-        let worst = got[1]
-            .iter()
-            .zip(&single[0])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&got[1], &single[0]);
         assert!(worst < 1e-5, "padding changed a vector by {worst}");
     }
     let metrics = client.get("/metrics").await.text();
@@ -213,19 +209,11 @@ fn the_hand_written_cpu_encoder_equals_candles_and_the_reference() {
     let got = fast.embed(&ids).unwrap();
     let want = candle.embed(&ids).unwrap();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let worst = max_abs_diff(g, w);
         assert!(worst < 1e-5, "input {i} differs from candle's by {worst}");
     }
     for (i, (g, r)) in got.iter().zip(&reference.embeddings).enumerate() {
-        let worst = g
-            .iter()
-            .zip(r)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let worst = max_abs_diff(g, r);
         assert!(
             worst < 1e-5,
             "sentence {i} differs from sentence-transformers by {worst}"
