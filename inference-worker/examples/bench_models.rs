@@ -12,7 +12,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use aigc_worker::models::{self, Capability};
+use aigc_worker::models::llama::QuantizedLlama;
+use aigc_worker::models::{self, Capability, TextGenerator};
 use aigc_worker::sampling::{Sampler, SamplingParams};
 use serde_json::json;
 
@@ -32,9 +33,11 @@ fn main() -> anyhow::Result<()> {
     };
     // SAFETY: set before any thread starts; candle's CPU kernels read it.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads) };
-    let loaded = models::load(&PathBuf::from(path), &candle_core::Device::Cpu)?;
-    let report = match (kind.as_str(), loaded.capability) {
-        ("llama", Capability::Generation(mut model)) => {
+    let path = PathBuf::from(path);
+    let report = match kind.as_str() {
+        "llama" => {
+            // Loaded as the concrete type, to report the kernels it picked.
+            let mut model = QuantizedLlama::load(&path, &candle_core::Device::Cpu)?;
             let prompt = model.tokenizer().encode(PROMPT)?;
             // One warm-up pass so page faults and allocations are not timed.
             model.next_logits(&prompt, 0)?;
@@ -58,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             let decode_cpu = cpu_seconds() - cpu;
             json!({
                 "engine": "aigc-worker",
-                "kernels": format!("aigc-quant {}", aigc_quant::Isa::detect().name()),
+                "kernels": model.kernels(),
                 "prompt_tokens": prompt.len(),
                 "prompt_tokens_per_s": prompt.len() as f64 / prompt_seconds,
                 "prompt_tokens_per_cpu_s": prompt.len() as f64 / prompt_cpu,
@@ -69,7 +72,11 @@ fn main() -> anyhow::Result<()> {
                 "peak_rss_mib": peak_rss_mib(),
             })
         }
-        ("bert", Capability::Embedding(model)) => {
+        "bert" => {
+            let loaded = models::load(&path, &candle_core::Device::Cpu)?;
+            let Capability::Embedding(model) = loaded.capability else {
+                anyhow::bail!("{} is not an embedding model", path.display());
+            };
             let sentences = bench_sentences();
             let tokenize = |sentences: &[String]| {
                 sentences
@@ -90,7 +97,7 @@ fn main() -> anyhow::Result<()> {
                 "peak_rss_mib": peak_rss_mib(),
             })
         }
-        (kind, _) => anyhow::bail!("`{kind}` does not match the model at {path}"),
+        other => anyhow::bail!("unknown model kind `{other}`: llama or bert"),
     };
     println!("{report}");
     Ok(())

@@ -51,17 +51,29 @@ fn main() {
         .collect();
     let ns = if ns.is_empty() { vec![1, 78] } else { ns };
     let (e, kv, ff, vocab) = (576, 192, 1536, 49152);
-    let layer = [
-        matrix(WeightFormat::Q4_1, e, e, 1),
-        matrix(WeightFormat::Q4_1, kv, e, 2),
-        matrix(WeightFormat::Q4_1, kv, e, 3),
-        matrix(WeightFormat::Q4_1, e, e, 4),
-        matrix(WeightFormat::Q4_1, ff, e, 5),
-        matrix(WeightFormat::Q4_1, ff, e, 6),
-        matrix(WeightFormat::Q4_1, e, ff, 7),
-    ];
+    // AIGC_BENCH_LAYERS=30 multiplies the whole model's layers in turn, as decoding does
+    // (weights streamed from memory); the default, one layer, keeps them in cache.
+    let layers: u64 = std::env::var("AIGC_BENCH_LAYERS")
+        .map(|v| v.parse().expect("AIGC_BENCH_LAYERS is a number"))
+        .unwrap_or(1);
+    let layer: Vec<QMatrix> = (0..layers)
+        .flat_map(|l| {
+            [
+                matrix(WeightFormat::Q4_1, e, e, 10 * l + 1),
+                matrix(WeightFormat::Q4_1, kv, e, 10 * l + 2),
+                matrix(WeightFormat::Q4_1, kv, e, 10 * l + 3),
+                matrix(WeightFormat::Q4_1, e, e, 10 * l + 4),
+                matrix(WeightFormat::Q4_1, ff, e, 10 * l + 5),
+                matrix(WeightFormat::Q4_1, ff, e, 10 * l + 6),
+                matrix(WeightFormat::Q4_1, e, ff, 10 * l + 7),
+            ]
+        })
+        .collect();
     let output = matrix(WeightFormat::Q8_0, vocab, e, 8);
-    println!("threads: {}", rayon::current_num_threads());
+    println!(
+        "threads: {}, layers: {layers}",
+        rayon::current_num_threads()
+    );
     for n in ns {
         let inputs = |cols: usize| {
             let x: Vec<f32> = (0..n * cols)
@@ -74,7 +86,7 @@ fn main() {
         let (narrow, wide) = (inputs(e), inputs(ff));
         let mut best = vec![(f64::MAX, f64::MAX); Isa::available().len()];
         // Enough repetitions for 0.1 s of the fast kernels (schedstat's resolution is coarse).
-        let reps = (1_000_000_000 / (3_500_000 * n)).max(1);
+        let reps = (1_000_000_000 / (3_500_000 * n * layers as usize)).max(1);
         for _round in 0..3 {
             for (i, isa) in Isa::available().into_iter().enumerate() {
                 let started = cpu_now();

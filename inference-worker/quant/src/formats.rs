@@ -50,7 +50,7 @@ pub struct Q8Block {
 }
 
 impl Q8Block {
-    const ZERO: Self = Self {
+    pub(crate) const ZERO: Self = Self {
         d: 0.0,
         s: 0.0,
         qs: [0; BLOCK],
@@ -62,22 +62,24 @@ impl Q8Block {
 pub fn quantize_q8(x: &[f32], out: &mut Vec<Q8Block>) {
     debug_assert_eq!(x.len() % BLOCK, 0);
     out.clear();
-    out.reserve(x.len() / BLOCK);
-    for chunk in x.chunks_exact(BLOCK) {
-        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut block = Q8Block::ZERO;
-        let mut sum = 0i32;
-        for (q, v) in block.qs.iter_mut().zip(chunk) {
-            let r = round_ties_even(v * id);
-            *q = r as i8;
-            sum += r;
-        }
-        block.d = f16::from_f32(d).to_f32();
-        block.s = f16::from_f32(d * sum as f32).to_f32();
-        out.push(block);
+    out.extend(x.chunks_exact(BLOCK).map(quantize_q8_block));
+}
+
+/// One block of [`quantize_q8`].
+pub(crate) fn quantize_q8_block(chunk: &[f32]) -> Q8Block {
+    let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut block = Q8Block::ZERO;
+    let mut sum = 0i32;
+    for (q, v) in block.qs.iter_mut().zip(chunk) {
+        let r = round_ties_even(v * id);
+        *q = r as i8;
+        sum += r;
     }
+    block.d = f16::from_f32(d).to_f32();
+    block.s = f16::from_f32(d * sum as f32).to_f32();
+    block
 }
 
 /// `v` rounded to the nearest integer, ties to even (x86's default rounding, which

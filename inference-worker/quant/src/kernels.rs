@@ -33,7 +33,9 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The fastest instruction set this CPU supports (detected once).
+    /// The widest instruction set this CPU supports (detected once). Wider is not always
+    /// faster: on a Xeon with AVX-512 the AVX2 kernels measured fastest, so models pick by
+    /// timing ([`crate::QMatrix::fastest_isa`]).
     pub fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
@@ -245,17 +247,39 @@ mod x86 {
         }
     }
 
+    /// How far ahead of the row being multiplied the kernels ask for weight bytes. The
+    /// hardware prefetcher alone left a decode step (every weight streamed from memory once)
+    /// waiting on loads: SmolLM2's decoding went from 89 to 120-140 tokens/s on 2 cores of
+    /// a Xeon. Distances of 2 to 12 rows (0.7-4.3 KiB of its 576-column matrices) measured
+    /// within the noise of each other.
+    const PREFETCH_AHEAD: usize = 2048;
+
+    /// Asks for the cache lines of `weights[start..start + len]` that exist.
+    #[inline(always)]
+    unsafe fn prefetch(weights: &[u8], start: usize, len: usize) {
+        let end = weights.len().min(start + len);
+        let mut at = start;
+        while at < end {
+            // SAFETY: `at` is inside `weights`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(weights.as_ptr().add(at).cast()) };
+            at += 64;
+        }
+    }
+
     /// A kernel: every weight row times every activation row, [`TILE`] activation rows at a
-    /// time. Its body has no closures: they would not inherit the target features.
+    /// time, the weights [`PREFETCH_AHEAD`] bytes on prefetched meanwhile. Its body has no
+    /// closures: they would not inherit the target features.
     macro_rules! kernel {
         ($name:ident, $features:literal, $body:ident, $dot:ty) => {
             #[target_feature(enable = $features)]
             unsafe fn $name(weights: &[u8], row_bytes: usize, xs: &[&[Q8Block]], dst: &mut [f32]) {
                 unsafe {
-                    for (row, out) in weights
+                    for (r, (row, out)) in weights
                         .chunks_exact(row_bytes)
                         .zip(dst.chunks_exact_mut(xs.len()))
+                        .enumerate()
                     {
+                        prefetch(weights, r * row_bytes + PREFETCH_AHEAD, row_bytes);
                         for (x, o) in xs.chunks(TILE).zip(out.chunks_mut(TILE)) {
                             match x.len() {
                                 4 => {

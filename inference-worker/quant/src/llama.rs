@@ -158,9 +158,11 @@ impl Llama {
             });
         }
         let cache = (0..config.layers).map(|_| KvCache::default()).collect();
+        // The feed-forward gate is the commonest shape of matrix in the model.
+        let isa = kernels_for(&layers[0].gate, std::env::var_os("AIGC_QUANT_ISA"))?;
         Ok(Self {
             config,
-            isa: Isa::detect(),
+            isa,
             embedding,
             output,
             norm,
@@ -282,9 +284,11 @@ impl Llama {
                 &acts,
                 self.isa,
             )?;
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            rows_in_parallel(&mut gate, &up, c.feed_forward, |g, u| {
+                for (g, u) in g.iter_mut().zip(u) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
+            });
             acts.quantize(&gate, c.feed_forward)?;
             layer.down.matmul_quantized(&acts, &mut proj, self.isa)?;
             add(&mut x, &proj);
@@ -299,6 +303,27 @@ impl Llama {
         output.matmul_quantized(&acts, &mut logits, self.isa)?;
         Ok(logits)
     }
+}
+
+/// The kernels `chosen` names (`AIGC_QUANT_ISA`, for benchmarks and comparisons), else the
+/// ones that multiply `typical` fastest on this CPU.
+fn kernels_for(typical: &QMatrix, chosen: Option<std::ffi::OsString>) -> Result<Isa, QuantError> {
+    let Some(name) = chosen else {
+        return Ok(typical.fastest_isa());
+    };
+    let available = Isa::available();
+    let name = name.to_string_lossy();
+    available
+        .iter()
+        .find(|isa| isa.name() == name)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<&str> = available.iter().map(|isa| isa.name()).collect();
+            QuantError::Unsupported(format!(
+                "AIGC_QUANT_ISA={name}: this CPU runs {}",
+                names.join(", ")
+            ))
+        })
 }
 
 fn matrix(
@@ -344,13 +369,27 @@ fn vector(name: &str, raw: RawTensor, len: usize) -> Result<Vec<f32>, QuantError
 /// does.
 fn rms_norm(x: &[f32], weight: &[f32], epsilon: f32, out: &mut [f32]) {
     let e = weight.len();
-    for (row, out) in x.chunks_exact(e).zip(out.chunks_exact_mut(e)) {
+    rows_in_parallel(out, x, e, |out, row| {
         let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
         let mean = (sum / e as f64) as f32;
         let scale = 1.0 / (mean + epsilon).sqrt();
         for ((o, &v), &w) in out.iter_mut().zip(row).zip(weight) {
             *o = v * scale * w;
         }
+    });
+}
+
+/// `f(x row, y row)` for every row of `width` values, spread over the threads when there
+/// are several rows (a prompt); one row (a decode step) is too little work to hand off.
+fn rows_in_parallel(x: &mut [f32], y: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if x.len() > width && rayon::current_num_threads() > 1 {
+        x.par_chunks_exact_mut(width)
+            .zip(y.par_chunks_exact(width))
+            .for_each(|(x, y)| f(x, y));
+    } else {
+        x.chunks_exact_mut(width)
+            .zip(y.chunks_exact(width))
+            .for_each(|(x, y)| f(x, y));
     }
 }
 
@@ -403,48 +442,46 @@ impl RopeTable {
 }
 
 /// Causal grouped-query attention of the `n` new rows of `q` (at positions `start..`) over
-/// the cache, into `out` (`[n][heads * head_dim]`).
+/// the cache, into `out` (`[n][heads * head_dim]`). Every (row, head) is a task of its own,
+/// so that a decode step's single row spreads over the threads too.
 fn attention(config: &LlamaConfig, cache: &KvCache, start: usize, q: &[f32], out: &mut [f32]) {
     let (e, hd, kv) = (config.embedding, config.head_dim(), config.kv_width());
     let group = config.heads / config.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let one_row = |t: usize, q: &[f32], out: &mut [f32]| {
+    let one_head = |task: usize, oh: &mut [f32]| {
+        let (t, head) = (task / config.heads, task % config.heads);
         let visible = start + t + 1;
+        let kv_offset = head / group * hd;
+        let qh = &q[t * e + head * hd..t * e + (head + 1) * hd];
         let mut scores = vec![0f32; visible];
-        for head in 0..config.heads {
-            let kv_offset = head / group * hd;
-            let qh = &q[head * hd..(head + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kj = &cache.k[j * kv + kv_offset..j * kv + kv_offset + hd];
-                *s = dot(qh, kj) * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let oh = &mut out[head * hd..(head + 1) * hd];
-            oh.fill(0.0);
-            for (j, &s) in scores.iter().enumerate() {
-                let vj = &cache.v[j * kv + kv_offset..j * kv + kv_offset + hd];
-                let w = s / sum;
-                for (o, &v) in oh.iter_mut().zip(vj) {
-                    *o += w * v;
-                }
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kj = &cache.k[j * kv + kv_offset..j * kv + kv_offset + hd];
+            *s = dot(qh, kj) * scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        oh.fill(0.0);
+        for (j, &s) in scores.iter().enumerate() {
+            let vj = &cache.v[j * kv + kv_offset..j * kv + kv_offset + hd];
+            let w = s / sum;
+            for (o, &v) in oh.iter_mut().zip(vj) {
+                *o += w * v;
             }
         }
     };
-    let rows = q.chunks_exact(e).zip(out.chunks_exact_mut(e));
-    if q.len() / e == 1 || rayon::current_num_threads() == 1 {
-        rows.enumerate()
-            .for_each(|(t, (q, out))| one_row(t, q, out));
-    } else {
-        rows.collect::<Vec<_>>()
-            .into_par_iter()
+    if rayon::current_num_threads() == 1 {
+        out.chunks_exact_mut(hd)
             .enumerate()
-            .for_each(|(t, (q, out))| one_row(t, q, out));
+            .for_each(|(task, oh)| one_head(task, oh));
+    } else {
+        out.par_chunks_exact_mut(hd)
+            .enumerate()
+            .for_each(|(task, oh)| one_head(task, oh));
     }
 }
 
@@ -465,4 +502,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_are_the_fastest_unless_named() {
+        let matrix = QMatrix::new(WeightFormat::Q8_0, 64, 64, vec![0; 64 * 2 * 34]).unwrap();
+        let fastest = kernels_for(&matrix, None).unwrap();
+        assert!(Isa::available().contains(&fastest));
+        assert!(fastest != Isa::Scalar || Isa::available() == [Isa::Scalar]);
+        let named = kernels_for(&matrix, Some("scalar".into())).unwrap();
+        assert_eq!(named, Isa::Scalar);
+        let error = kernels_for(&matrix, Some("sse9".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("AIGC_QUANT_ISA=sse9") && error.contains("scalar"),
+            "{error}"
+        );
+    }
 }

@@ -4,7 +4,9 @@
 use rayon::prelude::*;
 
 use crate::QuantError;
-use crate::formats::{BLOCK, Q8Block, WeightFormat, dequantize_row, quantize_q8};
+use crate::formats::{
+    BLOCK, Q8Block, WeightFormat, dequantize_row, quantize_q8, quantize_q8_block,
+};
 use crate::kernels::{Isa, matmul_rows};
 
 /// A `rows x cols` matrix of GGUF blocks, row-major (the layout GGUF stores a linear
@@ -37,7 +39,20 @@ impl Activations {
         }
         self.rows = x.len() / cols;
         self.cols = cols;
-        quantize_q8(x, &mut self.blocks);
+        if self.rows == 1 || rayon::current_num_threads() == 1 {
+            quantize_q8(x, &mut self.blocks);
+        } else {
+            // A prompt's rows, spread over the threads.
+            self.blocks.clear();
+            self.blocks.resize(x.len() / BLOCK, Q8Block::ZERO);
+            x.par_chunks_exact(cols)
+                .zip(self.blocks.par_chunks_exact_mut(cols / BLOCK))
+                .for_each(|(x, blocks)| {
+                    for (chunk, block) in x.chunks_exact(BLOCK).zip(blocks) {
+                        *block = quantize_q8_block(chunk);
+                    }
+                });
+        }
         Ok(())
     }
 
@@ -124,6 +139,40 @@ impl QMatrix {
         self.matmul_quantized(&activations, out, Isa::detect())
     }
 
+    /// The instruction set whose kernels multiply this matrix with one activation row
+    /// fastest on this CPU (each of [`Isa::available`] timed a few times on the calling
+    /// thread, alternating; the best time counts). Every kernel gives the same numbers, so
+    /// the choice changes only the speed.
+    pub fn fastest_isa(&self) -> Isa {
+        // The scalar reference is never the fastest where there is another.
+        let mut candidates = Isa::available();
+        if candidates.len() > 1 {
+            candidates.retain(|isa| *isa != Isa::Scalar);
+        }
+        let x: Vec<f32> = (0..self.cols)
+            .map(|i| (i * 7919 % 211) as f32 / 105.0 - 1.0)
+            .collect();
+        let mut activations = Activations::default();
+        activations
+            .quantize(&x, self.cols)
+            .expect("a matrix's column count is a valid activation width");
+        let mut out = vec![0f32; self.rows];
+        let mut best = vec![std::time::Duration::MAX; candidates.len()];
+        for _round in 0..5 {
+            for (isa, best) in candidates.iter().zip(&mut best) {
+                let started = std::time::Instant::now();
+                self.rows_into(*isa, &activations, 0, &mut out);
+                *best = (*best).min(started.elapsed());
+            }
+        }
+        let (isa, _) = candidates
+            .iter()
+            .zip(&best)
+            .min_by_key(|(_, time)| **time)
+            .expect("the scalar kernels are always available");
+        *isa
+    }
+
     /// `out = x W^T` for already quantized activations, with the kernels of `isa`.
     pub fn matmul_quantized(
         &self,
@@ -183,11 +232,13 @@ impl QMatrix {
                 .enumerate()
                 .for_each(|(i, dst)| work(i * chunk, dst));
         }
-        for (r, values) in by_weight_row.chunks_exact(n).enumerate() {
-            for (t, v) in values.iter().enumerate() {
-                out[t * self.rows + r] = *v;
-            }
-        }
+        out.par_chunks_exact_mut(self.rows)
+            .enumerate()
+            .for_each(|(t, out)| {
+                for (o, values) in out.iter_mut().zip(by_weight_row.chunks_exact(n)) {
+                    *o = values[t];
+                }
+            });
         Ok(())
     }
 
@@ -246,5 +297,30 @@ impl QMatrix {
         let bytes = self.row_bytes();
         let weights = &self.data[r0 * bytes..(r0 + rows) * bytes];
         matmul_rows(isa, self.format, weights, &xs, dst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizing_rows_in_parallel_gives_the_serial_blocks() {
+        let cols = 96;
+        let x: Vec<f32> = (0..7 * cols)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
+            .collect();
+        let mut serial = Vec::new();
+        quantize_q8(&x, &mut serial);
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut activations = Activations::default();
+            pool.install(|| activations.quantize(&x, cols)).unwrap();
+            assert_eq!(activations.blocks, serial, "{threads} threads");
+            assert_eq!((activations.rows, activations.cols), (7, cols));
+        }
     }
 }
