@@ -2,9 +2,10 @@
 //!
 //! candle's CPU path multiplies `Q4_1` weights with a scalar loop; this crate quantizes each
 //! activation row once (to llama.cpp's `Q8_1` blocks), then multiplies with AVX2 / AVX-512
-//! VNNI kernels picked at run time ([`Isa::detect`]) or a portable scalar reference that
-//! gives bit-identical results, several activation rows per weight-row load (prompt
-//! processing) and weight rows spread over rayon's threads.
+//! VNNI kernels chosen at run time (what the CPU has, [`Isa::available`]; the fastest of
+//! them on the model's own matrices, [`QMatrix::fastest_isa`]) or a portable scalar
+//! reference that gives bit-identical results, several activation rows per weight-row load
+//! (prompt processing) and weight rows spread over rayon's threads.
 
 pub mod formats;
 pub mod kernels;
