@@ -474,15 +474,9 @@ fn attention(config: &LlamaConfig, cache: &KvCache, start: usize, q: &[f32], out
             }
         }
     };
-    if rayon::current_num_threads() == 1 {
-        out.chunks_exact_mut(hd)
-            .enumerate()
-            .for_each(|(task, oh)| one_head(task, oh));
-    } else {
-        out.par_chunks_exact_mut(hd)
-            .enumerate()
-            .for_each(|(task, oh)| one_head(task, oh));
-    }
+    out.par_chunks_exact_mut(hd)
+        .enumerate()
+        .for_each(|(task, oh)| one_head(task, oh));
 }
 
 /// A dot product with 8 independent sums, so it vectorizes.
