@@ -7,7 +7,8 @@
 //! ```
 //! Prints one JSON object: tokens/s (llama: prompt and decode, per wall-clock second and per
 //! CPU second of the whole process, which is steadier on a loaded machine) or sentences/s
-//! (bert), the greedy token ids (llama), the kernels used, and the peak RSS of the process.
+//! (bert), the greedy token ids (llama), the kernels used, and the peak RSS of the process;
+//! with `AIGC_BENCH_VECTORS=1`, every bert vector too.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -89,13 +90,17 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let vectors = model.embed(&tokenize(&sentences)?)?;
             let seconds = started.elapsed().as_secs_f64();
-            json!({
+            let mut report = json!({
                 "engine": "aigc-worker",
                 "sentences": vectors.len(),
                 "sentences_per_s": vectors.len() as f64 / seconds,
                 "first_vector_head": &vectors[0][..8],
                 "peak_rss_mib": peak_rss_mib(),
-            })
+            });
+            if std::env::var_os("AIGC_BENCH_VECTORS").is_some() {
+                report["vectors"] = json!(vectors);
+            }
+            report
         }
         other => anyhow::bail!("unknown model kind `{other}`: llama or bert"),
     };

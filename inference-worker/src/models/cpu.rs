@@ -1,6 +1,7 @@
 //! CPU building blocks of the hand-written model passes (the char-transformer's training
 //! step, the BERT embedding forward): strided matrix products through `gemm` (or an AVX-512
-//! kernel where the CPU has one) split in one band of rows per thread with a fused epilogue,
+//! kernel where the CPU has one, and an AMX one for packed weights where it has AMX-BF16)
+//! split in one band of rows per thread with a fused epilogue,
 //! row loops compiled for AVX-512 or AVX2 where the CPU has them, layer norm and activations.
 
 use rayon::prelude::*;
@@ -95,12 +96,21 @@ const AVX512_MIN_WORK: usize = 1 << 15;
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
     static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USE.get_or_init(|| {
-        super::sgemm_avx512::available()
-            && std::env::var("AIGC_NO_AVX512")
-                .ok()
-                .is_none_or(|v| v.is_empty() || v == "0")
-    })
+    *USE.get_or_init(|| super::sgemm_avx512::available() && !env_flag("AIGC_NO_AVX512"))
+}
+
+/// Whether weights are packed for the AMX kernel: when the CPU has AMX-BF16, unless
+/// `AIGC_NO_AMX=1` (for benchmarking against the f32 kernels).
+#[cfg(target_arch = "x86_64")]
+fn amx() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| super::sgemm_amx::available() && !env_flag("AIGC_NO_AMX"))
+}
+
+/// Whether the variable `name` is set to something other than empty or `0`.
+#[cfg(target_arch = "x86_64")]
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// `dst = scale * lhs @ rhs` through `gemm`, or an AVX-512 kernel where the CPU has one.
@@ -145,6 +155,9 @@ pub(crate) enum Rhs<'a> {
     /// A matrix packed for the AVX-512 kernel.
     #[cfg(target_arch = "x86_64")]
     Packed(&'a super::sgemm_avx512::Packed),
+    /// A matrix split and packed for the AMX kernel.
+    #[cfg(target_arch = "x86_64")]
+    Tiles(&'a super::sgemm_amx::Packed),
 }
 
 impl Rhs<'_> {
@@ -153,6 +166,8 @@ impl Rhs<'_> {
             Rhs::View(_, view) => (view.rows, view.cols),
             #[cfg(target_arch = "x86_64")]
             Rhs::Packed(packed) => packed.shape(),
+            #[cfg(target_arch = "x86_64")]
+            Rhs::Tiles(packed) => packed.shape(),
         }
     }
 }
@@ -210,6 +225,17 @@ fn product(
             epilogue(0, dst);
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        Rhs::Tiles(packed) => {
+            // Only `Weight::new` packs, and only where the kernel runs.
+            assert!(dst_view.col_stride == 1 && amx());
+            // SAFETY: the views were checked, and the CPU has AMX-BF16.
+            unsafe {
+                super::sgemm_amx::matmul_packed((dst, dst_view), (lhs, lhs_view), packed, scale)
+            };
+            epilogue(0, dst);
+            return;
+        }
     };
     #[cfg(target_arch = "x86_64")]
     if dst_view.col_stride == 1 && m * n * k >= AVX512_MIN_WORK && avx512() {
@@ -248,8 +274,8 @@ fn product(
     epilogue(0, dst);
 }
 
-/// A layer's weight matrix for [`linear`], `n x k` (outputs by inputs): packed once
-/// for the AVX-512 kernel where products run on it (and then not kept as rows).
+/// A layer's weight matrix for [`linear`], `n x k` (outputs by inputs): packed once for
+/// the fastest kernel the CPU runs, AMX then AVX-512 (and then not kept as rows).
 pub(crate) enum Weight {
     Rows {
         values: Vec<f32>,
@@ -258,11 +284,18 @@ pub(crate) enum Weight {
     },
     #[cfg(target_arch = "x86_64")]
     Packed(super::sgemm_avx512::Packed),
+    #[cfg(target_arch = "x86_64")]
+    Tiles(super::sgemm_amx::Packed),
 }
 
 impl Weight {
     pub(crate) fn new(values: Vec<f32>, n: usize, k: usize) -> Weight {
         assert_eq!(values.len(), n * k, "a weight's values must fill its shape");
+        #[cfg(target_arch = "x86_64")]
+        if amx() {
+            let view = View::rows(n, k, k).t();
+            return Weight::Tiles(super::sgemm_amx::Packed::new(&values, view));
+        }
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             let view = View::rows(n, k, k).t();
@@ -293,6 +326,8 @@ impl LinearWeight for Weight {
             Weight::Rows { values, n, k } => Rhs::View(values, View::rows(*n, *k, *k).t()),
             #[cfg(target_arch = "x86_64")]
             Weight::Packed(packed) => Rhs::Packed(packed),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Tiles(packed) => Rhs::Tiles(packed),
         }
     }
 }

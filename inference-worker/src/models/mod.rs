@@ -10,6 +10,8 @@ pub mod llama;
 pub mod mlp;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
+mod sgemm_amx;
+#[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
 pub mod text_classifier;
 pub mod trained;
