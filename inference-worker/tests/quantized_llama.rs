@@ -133,3 +133,102 @@ fn bad_positions_and_tokens_are_errors() {
     let error = model.next_logits(&[], 0).unwrap_err().to_string();
     assert!(error.contains("at least one token"), "{error}");
 }
+
+#[test]
+fn sequences_fed_together_get_the_logits_of_sequences_fed_alone() {
+    use aigc_worker::models::SlotFeed;
+    let mut model = load();
+    let prompts: [&[u32]; 3] = [&PROMPT, &PROMPT[..5], &[1, 504, 3575]];
+    // Alone: each prompt, then one greedy token, through the single sequence.
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        let first = model.next_logits(prompt, 0).unwrap();
+        let token = argmax(&first);
+        let second = model.next_logits(&[token], prompt.len()).unwrap();
+        alone.push((first, token, second));
+    }
+    // Together: the three prompts in one pass (slots 2, 0 and 5), then one token each.
+    let slots = [2, 0, 5];
+    let batch: Vec<SlotFeed> = prompts
+        .iter()
+        .zip(slots)
+        .map(|(&tokens, slot)| SlotFeed {
+            slot,
+            tokens,
+            start: 0,
+        })
+        .collect();
+    let first = model.feed(&batch).unwrap();
+    let tokens: Vec<[u32; 1]> = alone.iter().map(|(_, token, _)| [*token]).collect();
+    let batch: Vec<SlotFeed> = prompts
+        .iter()
+        .zip(slots)
+        .zip(&tokens)
+        .map(|((prompt, slot), token)| SlotFeed {
+            slot,
+            tokens: token,
+            start: prompt.len(),
+        })
+        .collect();
+    let second = model.feed(&batch).unwrap();
+    for (i, (alone_first, _, alone_second)) in alone.iter().enumerate() {
+        assert!(
+            *alone_first == first[i],
+            "prompt {i}: the first logits differ"
+        );
+        assert!(
+            *alone_second == second[i],
+            "prompt {i}: the second logits differ"
+        );
+    }
+
+    // A bad entry fails the whole pass and changes nothing.
+    let duplicate = [
+        SlotFeed {
+            slot: 0,
+            tokens: &[1],
+            start: 0,
+        },
+        SlotFeed {
+            slot: 0,
+            tokens: &[1],
+            start: 0,
+        },
+    ];
+    let error = model.feed(&duplicate).unwrap_err().to_string();
+    assert!(error.contains("same sequence slot"), "{error}");
+    let past_the_end = [
+        SlotFeed {
+            slot: 2,
+            tokens: &[1],
+            start: PROMPT.len() + 1,
+        },
+        SlotFeed {
+            slot: 9,
+            tokens: &[1],
+            start: 3,
+        },
+    ];
+    let error = model.feed(&past_the_end).unwrap_err().to_string();
+    assert!(error.contains("start position 3"), "{error}");
+    // Slot 2 still holds the prompt and one token: feeding that token again repeats the
+    // second logits.
+    let again = model
+        .feed(&[SlotFeed {
+            slot: 2,
+            tokens: &tokens[0],
+            start: PROMPT.len(),
+        }])
+        .unwrap();
+    assert!(again[0] == alone[0].2);
+    model.release(2);
+    let error = model
+        .feed(&[SlotFeed {
+            slot: 2,
+            tokens: &[1],
+            start: 1,
+        }])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("past the 0 positions"), "{error}");
+}

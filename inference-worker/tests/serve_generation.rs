@@ -315,6 +315,8 @@ async fn tls_serves_https_with_the_given_certificate() {
 async fn full_queue_answers_429_and_disconnect_cancels_generation() {
     let mut args = loopback_args(smollm2_gguf());
     args.max_queue = 1;
+    // One request at a time, so that a second one waits in the queue.
+    args.max_batch = 1;
     let server = start(args).await;
     let client = Client::new(&server);
     let model = server.model_id().to_string();
@@ -364,4 +366,60 @@ async fn full_queue_answers_429_and_disconnect_cancels_generation() {
         metrics.contains("aigc_http_requests_total{route=\"/v1/completions\",status=\"429\"} 1")
     );
     assert!(metrics.contains("aigc_queue_depth{queue=\"generation\"}"));
+}
+
+#[tokio::test]
+async fn concurrent_requests_decode_together_with_the_answers_of_one_at_a_time() {
+    let server = start(loopback_args(smollm2_gguf())).await;
+    let client = Client::new(&server);
+    let model = server.model_id().to_string();
+    // Prompts of different lengths, so the sequences sit at different positions.
+    let bodies: Vec<Value> = [
+        "The capital of France is",
+        "Kubernetes schedules containers onto",
+        "1, 2, 3,",
+    ]
+    .iter()
+    .map(|prompt| json!({"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 12}))
+    .collect();
+    let text = |reply: &common::Reply| {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut alone = Vec::new();
+    for body in &bodies {
+        alone.push(text(&client.post("/v1/completions", body).await));
+    }
+    let together = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| client.post("/v1/completions", body)),
+    )
+    .await;
+    let together: Vec<String> = together.iter().map(text).collect();
+    assert_eq!(together, alone);
+
+    // While a long generation streams, a short request is answered without waiting for it.
+    const LONG: usize = 2000;
+    let mut running = client
+        .open("/v1/completions", &counting_body(&model, LONG, true))
+        .await;
+    assert_eq!(running.status(), 200);
+    use http_body_util::BodyExt;
+    assert!(running.body_mut().frame().await.unwrap().unwrap().is_data());
+    let reply = client.post("/v1/completions", &bodies[0]).await;
+    assert_eq!(text(&reply), alone[0]);
+    let metrics = client.get("/metrics").await.text();
+    assert!(
+        metric(&metrics, "aigc_generated_tokens_total") < LONG as f64,
+        "the short request waited for the long one"
+    );
+    // Passes of more than one request happened (the histogram's first bucket is 1).
+    let passes = metric(&metrics, "aigc_batch_size_count");
+    let single = metric(&metrics, "aigc_batch_size_bucket{le=\"1\"}");
+    assert!(passes > single, "{metrics}");
+    drop(running);
 }

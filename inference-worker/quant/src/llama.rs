@@ -91,7 +91,36 @@ struct KvCache {
     v: Vec<f32>,
 }
 
-/// The model and the state of the sequence being decoded.
+/// One sequence's state: every layer's keys and values at the positions fed so far. A
+/// model decodes any number of sequences, together or one at a time ([`Llama::forward_many`]).
+#[derive(Default)]
+pub struct Sequence {
+    cache: Vec<KvCache>,
+    /// Positions in the cache.
+    len: usize,
+}
+
+impl Sequence {
+    /// Positions fed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Tokens for one sequence in a [`Llama::forward_many`] pass: they go at positions
+/// `start..start + tokens.len()`, `start` at most the positions already fed (the positions
+/// from `start` on are replaced).
+pub struct Feed<'a> {
+    pub sequence: &'a mut Sequence,
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
+/// The model, and the state of the sequence that [`Llama::forward`] decodes.
 pub struct Llama {
     config: LlamaConfig,
     isa: Isa,
@@ -100,9 +129,7 @@ pub struct Llama {
     output: Option<QMatrix>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
-    cache: Vec<KvCache>,
-    /// Positions in the cache.
-    len: usize,
+    sequence: Sequence,
 }
 
 impl Llama {
@@ -157,7 +184,6 @@ impl Llama {
                 down,
             });
         }
-        let cache = (0..config.layers).map(|_| KvCache::default()).collect();
         // The feed-forward gate is the commonest shape of matrix in the model.
         let isa = kernels_for(&layers[0].gate, std::env::var_os("AIGC_QUANT_ISA"))?;
         Ok(Self {
@@ -167,8 +193,7 @@ impl Llama {
             output,
             norm,
             layers,
-            cache,
-            len: 0,
+            sequence: Sequence::default(),
         })
     }
 
@@ -199,43 +224,54 @@ impl Llama {
 
     /// Forgets the sequence.
     pub fn reset(&mut self) {
-        self.len = 0;
-        for c in &mut self.cache {
-            c.k.clear();
-            c.v.clear();
-        }
+        self.sequence = Sequence::default();
     }
 
     /// Feeds `tokens` at positions `start..start + tokens.len()` and returns the logits of
     /// the token after the last one. `start` may be at most the number of positions already
     /// fed; positions from `start` on are replaced.
     pub fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, QuantError> {
+        let mut sequence = std::mem::take(&mut self.sequence);
+        let logits = self.forward_many(&mut [Feed {
+            sequence: &mut sequence,
+            tokens,
+            start,
+        }]);
+        self.sequence = sequence;
+        Ok(logits?.swap_remove(0))
+    }
+
+    /// Feeds several sequences in one pass, one row per token: each matrix is read once for
+    /// all of them (a decode step of many sequences costs little more than one), while
+    /// attention runs over each sequence's own positions. Returns the logits after each
+    /// feed's last token; every row is computed exactly as a pass of its own would. Nothing
+    /// changes when a feed is invalid.
+    pub fn forward_many(&self, feeds: &mut [Feed<'_>]) -> Result<Vec<Vec<f32>>, QuantError> {
         if rayon::current_thread_index().is_some() {
-            return self.forward_here(tokens, start);
+            return self.forward_here(feeds);
         }
         // Run the whole pass on one of rayon's threads, the caller sleeping meanwhile:
         // otherwise the caller's serial parts (norms, attention, quantizing) compete for the
         // cores with pool threads that spin between the parallel matmuls.
-        rayon::scope(|_| self.forward_here(tokens, start))
+        rayon::scope(|_| self.forward_here(feeds))
     }
 
-    fn forward_here(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, QuantError> {
-        let c = &self.config;
-        let (e, kv, hd) = (c.embedding, c.kv_width(), c.head_dim());
+    fn check(&self, feed: &Feed<'_>) -> Result<(), QuantError> {
+        let (tokens, start) = (feed.tokens, feed.start);
         if tokens.is_empty() {
             return Err(QuantError::Model("forward needs at least one token".into()));
         }
-        if start > self.len {
+        if start > feed.sequence.len {
             return Err(QuantError::Model(format!(
                 "start position {start} is past the {} positions fed so far",
-                self.len
+                feed.sequence.len
             )));
         }
-        if start + tokens.len() > c.context_length {
+        let context = self.config.context_length;
+        if start + tokens.len() > context {
             return Err(QuantError::Model(format!(
-                "positions {start}..{} exceed the context length {}",
+                "positions {start}..{} exceed the context length {context}",
                 start + tokens.len(),
-                c.context_length
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocabulary()) {
@@ -244,12 +280,34 @@ impl Llama {
                 self.vocabulary()
             )));
         }
-        let n = tokens.len();
+        Ok(())
+    }
+
+    fn forward_here(&self, feeds: &mut [Feed<'_>]) -> Result<Vec<Vec<f32>>, QuantError> {
+        let c = &self.config;
+        let (e, kv, hd) = (c.embedding, c.kv_width(), c.head_dim());
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        for feed in feeds.iter() {
+            self.check(feed)?;
+        }
+        // Each row's feed and position.
+        let rows: Vec<(usize, usize)> = feeds
+            .iter()
+            .enumerate()
+            .flat_map(|(f, feed)| (feed.start..feed.start + feed.tokens.len()).map(move |p| (f, p)))
+            .collect();
+        let n = rows.len();
         let mut x = vec![0f32; n * e];
+        let tokens = feeds.iter().flat_map(|feed| feed.tokens);
         for (row, &t) in x.chunks_exact_mut(e).zip(tokens) {
             self.embedding.dequantize_row(t as usize, row)?;
         }
-        let rope = RopeTable::new(c, start, n);
+        for feed in feeds.iter_mut() {
+            feed.sequence.cache.resize_with(c.layers, KvCache::default);
+        }
+        let rope = RopeTable::new(c, rows.iter().map(|&(_, p)| p));
         let mut h = vec![0f32; n * e];
         let mut acts = Activations::default();
         let mut q = vec![0f32; n * e];
@@ -259,7 +317,7 @@ impl Llama {
         let mut proj = vec![0f32; n * e];
         let mut gate = vec![0f32; n * c.feed_forward];
         let mut up = vec![0f32; n * c.feed_forward];
-        for (layer, cache) in self.layers.iter().zip(&mut self.cache) {
+        for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_epsilon, &mut h);
             acts.quantize(&h, e)?;
             QMatrix::matmul_quantized_many(
@@ -269,11 +327,22 @@ impl Llama {
             )?;
             rope.apply(&mut q, hd);
             rope.apply(&mut k, hd);
-            cache.k.truncate(start * kv);
-            cache.v.truncate(start * kv);
-            cache.k.extend_from_slice(&k);
-            cache.v.extend_from_slice(&v);
-            attention(c, cache, start, &q, &mut attn);
+            let mut first = 0;
+            for feed in feeds.iter_mut() {
+                let rows = first..first + feed.tokens.len();
+                let cache = &mut feed.sequence.cache[l];
+                cache.k.truncate(feed.start * kv);
+                cache.v.truncate(feed.start * kv);
+                cache
+                    .k
+                    .extend_from_slice(&k[rows.start * kv..rows.end * kv]);
+                cache
+                    .v
+                    .extend_from_slice(&v[rows.start * kv..rows.end * kv]);
+                first = rows.end;
+            }
+            let caches: Vec<&KvCache> = feeds.iter().map(|f| &f.sequence.cache[l]).collect();
+            attention(c, &caches, &rows, &q, &mut attn);
             acts.quantize(&attn, e)?;
             layer.o.matmul_quantized(&acts, &mut proj, self.isa)?;
             add(&mut x, &proj);
@@ -293,15 +362,24 @@ impl Llama {
             layer.down.matmul_quantized(&acts, &mut proj, self.isa)?;
             add(&mut x, &proj);
         }
-        self.len = start + n;
-        let last = &x[(n - 1) * e..];
-        let mut normed = vec![0f32; e];
-        rms_norm(last, &self.norm, c.rms_epsilon, &mut normed);
+        // The last row of each feed, normed and projected onto the vocabulary together.
+        let mut last = Vec::with_capacity(feeds.len() * e);
+        let mut end = 0;
+        for feed in feeds.iter_mut() {
+            end += feed.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * e..end * e]);
+            feed.sequence.len = feed.start + feed.tokens.len();
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.norm, c.rms_epsilon, &mut normed);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let mut logits = vec![0f32; output.rows()];
+        let mut logits = vec![0f32; feeds.len() * output.rows()];
         acts.quantize(&normed, e)?;
         output.matmul_quantized(&acts, &mut logits, self.isa)?;
-        Ok(logits)
+        Ok(logits
+            .chunks_exact(output.rows())
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -408,11 +486,12 @@ struct RopeTable {
 }
 
 impl RopeTable {
-    fn new(config: &LlamaConfig, start: usize, n: usize) -> Self {
+    /// The angles at each of `positions`, one row each.
+    fn new(config: &LlamaConfig, positions: impl Iterator<Item = usize>) -> Self {
         let pairs = config.rope_dimensions / 2;
         let scale = config.rope_base.powf(-2.0 / config.rope_dimensions as f32);
-        let mut values = Vec::with_capacity(n * pairs);
-        for p in start..start + n {
+        let mut values = Vec::new();
+        for p in positions {
             let mut theta = p as f32;
             for _ in 0..pairs {
                 values.push((theta.cos(), theta.sin()));
@@ -441,16 +520,25 @@ impl RopeTable {
     }
 }
 
-/// Causal grouped-query attention of the `n` new rows of `q` (at positions `start..`) over
-/// the cache, into `out` (`[n][heads * head_dim]`). Every (row, head) is a task of its own,
-/// so that a decode step's single row spreads over the threads too.
-fn attention(config: &LlamaConfig, cache: &KvCache, start: usize, q: &[f32], out: &mut [f32]) {
+/// Causal grouped-query attention of the rows of `q`, each over the positions of its own
+/// sequence up to its own (`rows[i]` is row `i`'s index into `caches` and position), into
+/// `out` (`[rows][heads * head_dim]`). Every (row, head) is a task of its own, so that a
+/// decode step's single row spreads over the threads too.
+fn attention(
+    config: &LlamaConfig,
+    caches: &[&KvCache],
+    rows: &[(usize, usize)],
+    q: &[f32],
+    out: &mut [f32],
+) {
     let (e, hd, kv) = (config.embedding, config.head_dim(), config.kv_width());
     let group = config.heads / config.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let one_head = |task: usize, oh: &mut [f32]| {
         let (t, head) = (task / config.heads, task % config.heads);
-        let visible = start + t + 1;
+        let (sequence, position) = rows[t];
+        let cache = caches[sequence];
+        let visible = position + 1;
         let kv_offset = head / group * hd;
         let qh = &q[t * e + head * hd..t * e + (head + 1) * hd];
         let mut scores = vec![0f32; visible];

@@ -6,14 +6,14 @@ use std::fs::File;
 use std::path::Path;
 
 use aigc_quant::QuantError;
-use aigc_quant::llama::{Llama, LlamaConfig, RawTensor, TensorFormat};
+use aigc_quant::llama::{Feed, Llama, LlamaConfig, RawTensor, Sequence, TensorFormat};
 use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use crate::device::{QuantizedKernels, quantized_kernels};
 use crate::error::WorkerError;
-use crate::models::TextGenerator;
+use crate::models::{SlotFeed, TextGenerator, feed_each};
 use crate::tokenizer::{ChatTemplate, TextTokenizer};
 
 pub const ARCHITECTURE: &str = "llama";
@@ -23,6 +23,8 @@ const DEFAULT_CONTEXT_LENGTH: usize = 2048;
 
 pub struct QuantizedLlama {
     backend: Backend,
+    /// The sequences [`TextGenerator::feed`] decodes on the CPU kernels, by slot.
+    slots: Vec<Sequence>,
     tokenizer: TextTokenizer,
     context_length: usize,
     device: Device,
@@ -72,6 +74,7 @@ impl QuantizedLlama {
         };
         Ok(Self {
             backend,
+            slots: Vec::new(),
             tokenizer,
             context_length,
             device: device.clone(),
@@ -128,6 +131,60 @@ impl TextGenerator for QuantizedLlama {
                 let logits = weights.forward(&input, start)?;
                 Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
             }
+        }
+    }
+
+    /// Any number on the CPU kernels, each slot its own sequence (separate from
+    /// `next_logits`'); candle's model keeps one.
+    fn sequences(&self) -> usize {
+        match self.backend {
+            Backend::Cpu(_) => usize::MAX,
+            Backend::Candle(_) => 1,
+        }
+    }
+
+    /// On the CPU kernels, one pass for the whole batch: each weight matrix is read once
+    /// for every sequence's rows.
+    fn feed(&mut self, batch: &[SlotFeed<'_>]) -> Result<Vec<Vec<f32>>, WorkerError> {
+        let Backend::Cpu(model) = &self.backend else {
+            return feed_each(self, batch);
+        };
+        let mut slots: Vec<usize> = batch.iter().map(|f| f.slot).collect();
+        slots.sort_unstable();
+        if slots.windows(2).any(|w| w[0] == w[1]) {
+            return Err(WorkerError::InvalidArgument(
+                "two entries of one batch feed the same sequence slot".into(),
+            ));
+        }
+        if let Some(&last) = slots.last()
+            && last >= self.slots.len()
+        {
+            self.slots.resize_with(last + 1, Sequence::default);
+        }
+        let mut taken: Vec<Sequence> = batch
+            .iter()
+            .map(|f| std::mem::take(&mut self.slots[f.slot]))
+            .collect();
+        let mut feeds: Vec<Feed<'_>> = taken
+            .iter_mut()
+            .zip(batch)
+            .map(|(sequence, f)| Feed {
+                sequence,
+                tokens: f.tokens,
+                start: f.start,
+            })
+            .collect();
+        let logits = model.forward_many(&mut feeds);
+        drop(feeds);
+        for (sequence, f) in taken.into_iter().zip(batch) {
+            self.slots[f.slot] = sequence;
+        }
+        Ok(logits?)
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(sequence) = self.slots.get_mut(slot) {
+            *sequence = Sequence::default();
         }
     }
 }

@@ -42,6 +42,54 @@ pub trait TextGenerator: Send {
     /// Feeds `tokens` at positions `start..start + tokens.len()` and returns the logits
     /// of the token after the last one.
     fn next_logits(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, WorkerError>;
+    /// How many sequences the model holds at once, in slots `0..sequences()`, and feeds
+    /// together through [`feed`](Self::feed): 1 for a model that keeps one sequence,
+    /// `usize::MAX` for one with no limit of its own (memory permitting).
+    fn sequences(&self) -> usize {
+        1
+    }
+    /// Feeds each entry's tokens to the sequence in its slot (at most one entry per slot)
+    /// and returns the logits after each entry's last token; `start` 0 begins a new
+    /// sequence in the slot. The sequence of [`next_logits`](Self::next_logits) is slot 0
+    /// unless the model says otherwise. Nothing changes when an entry is invalid.
+    fn feed(&mut self, batch: &[SlotFeed<'_>]) -> Result<Vec<Vec<f32>>, WorkerError> {
+        feed_each(self, batch)
+    }
+    /// Frees what the sequence in `slot` holds: its request is over.
+    fn release(&mut self, _slot: usize) {}
+}
+
+/// Tokens for the sequence in one slot of a [`TextGenerator::feed`]: they go at positions
+/// `start..start + tokens.len()`, `start` at most the positions the slot holds.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotFeed<'a> {
+    pub slot: usize,
+    pub tokens: &'a [u32],
+    pub start: usize,
+}
+
+/// [`TextGenerator::feed`] for a model that keeps one sequence: entry by entry through
+/// `next_logits`.
+pub fn feed_each<G: TextGenerator + ?Sized>(
+    model: &mut G,
+    batch: &[SlotFeed<'_>],
+) -> Result<Vec<Vec<f32>>, WorkerError> {
+    if let Some(bad) = batch.iter().find(|f| f.slot >= model.sequences()) {
+        return Err(WorkerError::InvalidArgument(format!(
+            "sequence slot {}; this model holds {}",
+            bad.slot,
+            model.sequences()
+        )));
+    }
+    batch
+        .iter()
+        .map(|f| {
+            if f.start == 0 {
+                model.reset();
+            }
+            model.next_logits(f.tokens, f.start)
+        })
+        .collect()
 }
 
 /// A sentence-embedding model.

@@ -1,6 +1,7 @@
 //! The model side of the server: one thread owns the model and works through a bounded
-//! queue. Generation runs one request at a time (the quantized llama keeps one KV cache);
-//! embeddings gather every waiting request into one batch up to `max_batch` inputs.
+//! queue. Generation decodes up to `max_batch` requests together, one sequence each (one
+//! at a time for models that keep one); embeddings gather every waiting request into one
+//! batch up to `max_batch` inputs.
 //! A request whose client went away is dropped from the work as soon as it is noticed.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::types::FinishReason;
 use crate::error::WorkerError;
-use crate::models::{Embedder, Predictor, TextGenerator};
+use crate::models::{Embedder, Predictor, SlotFeed, TextGenerator};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::serve::metrics::{Metrics, Queue};
 
@@ -79,28 +80,21 @@ impl<J> QueueHandle<J> {
     }
 }
 
-/// Starts the thread that owns a generator.
+/// Starts the thread that owns a generator. It decodes up to `max_batch` requests together
+/// (as many as the model holds, [`TextGenerator::sequences`]): each pass feeds the prompts
+/// of newly admitted requests and the last token of every running one, so a request waits
+/// for the model only until the next pass, not until the others finish.
 pub fn spawn_generation(
-    mut model: Box<dyn TextGenerator>,
+    model: Box<dyn TextGenerator>,
     capacity: usize,
+    max_batch: usize,
     metrics: Arc<Metrics>,
 ) -> Result<QueueHandle<GenerationJob>, WorkerError> {
-    let (sender, mut receiver) = mpsc::channel::<GenerationJob>(capacity);
+    let (sender, receiver) = mpsc::channel::<GenerationJob>(capacity);
     let thread_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("generation".into())
-        .spawn(move || {
-            while let Some(job) = receiver.blocking_recv() {
-                thread_metrics.dequeued(Queue::Generation);
-                if job.events.is_closed() {
-                    continue;
-                }
-                let events = job.events.clone();
-                if let Err(error) = generate(model.as_mut(), job, &thread_metrics) {
-                    let _ = events.send(GenerationEvent::Failed(error.to_string()));
-                }
-            }
-        })
+        .spawn(move || generate(model, receiver, max_batch, &thread_metrics))
         .map_err(|e| WorkerError::io("generation thread", e))?;
     Ok(QueueHandle {
         sender,
@@ -110,54 +104,157 @@ pub fn spawn_generation(
     })
 }
 
+/// The generation thread's loop, until the queue closes.
 fn generate(
-    model: &mut dyn TextGenerator,
-    job: GenerationJob,
+    mut model: Box<dyn TextGenerator>,
+    mut receiver: mpsc::Receiver<GenerationJob>,
+    max_batch: usize,
     metrics: &Metrics,
-) -> Result<(), WorkerError> {
-    model.reset();
-    let mut sampler = Sampler::new(job.sampling);
-    let mut stream = TextStream::new(job.stop);
-    let mut generated: Vec<u32> = Vec::new();
-    let mut logits = model.next_logits(&job.prompt, 0)?;
-    metrics.add_tokens(job.prompt.len(), 0);
-    let reason = loop {
-        if job.events.is_closed() {
-            // The client went away: nobody reads the rest.
-            return Ok(());
-        }
-        let token = sampler.next_token(&logits);
-        if model.tokenizer().stop_ids.contains(&token) {
-            break FinishReason::Stop;
-        }
-        generated.push(token);
-        metrics.add_tokens(0, 1);
-        if generated.len() == 1 {
-            metrics.observe_time_to_first_token(job.enqueued.elapsed());
-        }
-        let text = model.tokenizer().decode(&generated)?;
-        let (delta, stopped) = stream.advance(&text);
-        if !delta.is_empty() {
-            let _ = job.events.send(GenerationEvent::Text(delta));
-        }
-        if stopped {
-            break FinishReason::Stop;
-        }
-        if generated.len() >= job.max_tokens {
-            let rest = stream.flush(&text);
-            if !rest.is_empty() {
-                let _ = job.events.send(GenerationEvent::Text(rest));
+) {
+    let slots = model.sequences().min(max_batch).max(1);
+    let mut free: Vec<usize> = (0..slots).rev().collect();
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        // Admit waiting requests into free slots; wait only when nothing is running.
+        while let Some(&slot) = free.last() {
+            let job = if running.is_empty() {
+                match receiver.blocking_recv() {
+                    Some(job) => job,
+                    None => return,
+                }
+            } else {
+                match receiver.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
+            };
+            metrics.dequeued(Queue::Generation);
+            if job.events.is_closed() {
+                continue;
             }
-            break FinishReason::Length;
+            metrics.add_tokens(job.prompt.len(), 0);
+            free.pop();
+            running.push(Running::new(job, slot));
         }
-        let position = job.prompt.len() + generated.len() - 1;
-        logits = model.next_logits(&[token], position)?;
-    };
-    let _ = job.events.send(GenerationEvent::Finished {
-        reason,
-        completion_tokens: generated.len(),
-    });
-    Ok(())
+        let batch: Vec<SlotFeed<'_>> = running.iter().map(Running::feed).collect();
+        metrics.observe_batch(batch.len());
+        let logits = match model.feed(&batch) {
+            Ok(logits) => logits.into_iter().map(Ok).collect(),
+            // One bad entry must not fail the others: feed them one at a time (a failed
+            // feed changes nothing, so this repeats no work).
+            Err(_) if batch.len() > 1 => batch
+                .iter()
+                .map(|f| model.feed(std::slice::from_ref(f)).map(|mut l| l.remove(0)))
+                .collect(),
+            Err(error) => vec![Err(error)],
+        };
+        let mut index = 0;
+        running.retain_mut(|job| {
+            let logits = &logits[index];
+            index += 1;
+            let more = match logits {
+                Ok(logits) => job.advance(model.as_ref(), logits, metrics),
+                Err(error) => Err(error.to_string()),
+            };
+            match more {
+                Ok(true) => true,
+                Ok(false) | Err(_) => {
+                    if let Err(error) = more {
+                        let _ = job.job.events.send(GenerationEvent::Failed(error));
+                    }
+                    model.release(job.slot);
+                    free.push(job.slot);
+                    false
+                }
+            }
+        });
+    }
+}
+
+/// A request being decoded in one of the model's sequence slots.
+struct Running {
+    job: GenerationJob,
+    slot: usize,
+    sampler: Sampler,
+    stream: TextStream,
+    generated: Vec<u32>,
+}
+
+impl Running {
+    fn new(job: GenerationJob, slot: usize) -> Self {
+        Self {
+            sampler: Sampler::new(job.sampling.clone()),
+            stream: TextStream::new(job.stop.clone()),
+            generated: Vec::new(),
+            job,
+            slot,
+        }
+    }
+
+    /// What the next pass feeds: the prompt, then each sampled token.
+    fn feed(&self) -> SlotFeed<'_> {
+        match self.generated.last() {
+            None => SlotFeed {
+                slot: self.slot,
+                tokens: &self.job.prompt,
+                start: 0,
+            },
+            Some(last) => SlotFeed {
+                slot: self.slot,
+                tokens: std::slice::from_ref(last),
+                start: self.job.prompt.len() + self.generated.len() - 1,
+            },
+        }
+    }
+
+    /// Samples the next token from `logits` and sends what text it completes. `Ok(false)`
+    /// when the request is over: finished, or its client went away.
+    fn advance(
+        &mut self,
+        model: &dyn TextGenerator,
+        logits: &[f32],
+        metrics: &Metrics,
+    ) -> Result<bool, String> {
+        let events = &self.job.events;
+        if events.is_closed() {
+            // The client went away: nobody reads the rest.
+            return Ok(false);
+        }
+        let token = self.sampler.next_token(logits);
+        let reason = if model.tokenizer().stop_ids.contains(&token) {
+            FinishReason::Stop
+        } else {
+            self.generated.push(token);
+            metrics.add_tokens(0, 1);
+            if self.generated.len() == 1 {
+                metrics.observe_time_to_first_token(self.job.enqueued.elapsed());
+            }
+            let text = model
+                .tokenizer()
+                .decode(&self.generated)
+                .map_err(|e| e.to_string())?;
+            let (delta, stopped) = self.stream.advance(&text);
+            if !delta.is_empty() {
+                let _ = events.send(GenerationEvent::Text(delta));
+            }
+            if stopped {
+                FinishReason::Stop
+            } else if self.generated.len() >= self.job.max_tokens {
+                let rest = self.stream.flush(&text);
+                if !rest.is_empty() {
+                    let _ = events.send(GenerationEvent::Text(rest));
+                }
+                FinishReason::Length
+            } else {
+                return Ok(true);
+            }
+        };
+        let _ = events.send(GenerationEvent::Finished {
+            reason,
+            completion_tokens: self.generated.len(),
+        });
+        Ok(false)
+    }
 }
 
 /// Turns the growing decoded text into deltas that are safe to send: text that could still

@@ -210,7 +210,7 @@ impl Metrics {
                 self.queue(queue).load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP aigc_batch_size Inputs per embedding forward batch.\n");
+        out.push_str("# HELP aigc_batch_size Inputs per embedding forward batch, or requests per generation pass.\n");
         out.push_str("# TYPE aigc_batch_size histogram\n");
         self.batch_sizes
             .lock()

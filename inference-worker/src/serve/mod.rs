@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Most inputs in one embedding forward batch.
+    /// Most inputs in one embedding forward batch, and most requests decoded together.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch: u32,
     /// Most requests waiting for the model; more are refused with 429.
@@ -296,7 +296,12 @@ fn load_model(
                 tokenizer,
                 template,
                 context_length,
-                queue: engine::spawn_generation(generator, capacity, metrics.clone())?,
+                queue: engine::spawn_generation(
+                    generator,
+                    capacity,
+                    args.max_batch as usize,
+                    metrics.clone(),
+                )?,
             }
         }
         Capability::Embedding(embedder) => ServedModel::Embedding {
