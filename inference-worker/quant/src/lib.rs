@@ -5,7 +5,8 @@
 //! VNNI kernels chosen at run time (what the CPU has, [`Isa::available`]; the fastest of
 //! them on the model's own matrices, [`QMatrix::fastest_isa`]) or a portable scalar
 //! reference that gives bit-identical results, several activation rows per weight-row load
-//! (prompt processing) and weight rows spread over rayon's threads.
+//! (prompt processing, and decode steps of many sequences fed together through
+//! [`llama::Llama::forward_many`]) and weight rows spread over rayon's threads.
 
 pub mod formats;
 pub mod kernels;

@@ -35,20 +35,36 @@ const BLOCK: usize = 32;
 /// Rows of `lhs` split at once: up to `MC * 2 * k * 2` bytes (1.5 MiB at `k = 1536`).
 const MC: usize = 128;
 
-/// Whether this CPU runs [`matmul_packed`]: it has AMX-TILE and AMX-BF16 and the kernel
-/// lets this process use the tile registers (Linux asks each process to request them).
+/// Whether this CPU runs [`matmul_packed`]: it has AMX-TILE and AMX-BF16, the OS saves the
+/// tile state, this process may use the tile registers (Linux asks each process to request
+/// them), and a tile instruction runs without a fault in a child process (some virtual
+/// machines advertise AMX and then trap it, which would kill the server).
 pub(crate) fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE; leaf 1: ECX bit 27 is
+        // OSXSAVE (XGETBV may run).
+        let leaf7 = __cpuid_count(7, 0);
         let has_amx = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        has_amx && request_tiles()
+        let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
+        has_amx && osxsave && os_saves_tiles() && request_tiles() && tiles_run()
     })
 }
 
+/// Whether XCR0 has the tile configuration and tile data bits (17 and 18) set.
+fn os_saves_tiles() -> bool {
+    let (low, _high): (u32, u32);
+    // SAFETY: XGETBV 0 reads XCR0; the caller checked OSXSAVE.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") _high,
+             options(nomem, nostack, preserves_flags))
+    };
+    low & (0b11 << 17) == 0b11 << 17
+}
+
 /// Asks Linux for this process's permission to use the tile data registers (granted to all
-/// its threads).
+/// its threads, and inherited by children).
 #[cfg(target_os = "linux")]
 fn request_tiles() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -63,8 +79,38 @@ fn request_tiles() -> bool {
     }
 }
 
+/// Runs a tile instruction in a forked child and reports whether it exited normally.
+#[cfg(target_os = "linux")]
+fn tiles_run() -> bool {
+    // SAFETY: the child runs only system calls and tile instructions, then `_exit`: nothing
+    // that takes a lock another thread may have held at the fork.
+    unsafe {
+        match libc::fork() {
+            -1 => false,
+            0 => {
+                // A trapped instruction should not leave a core file behind.
+                libc::prctl(libc::PR_SET_DUMPABLE, 0);
+                asm!("ldtilecfg [{}]", in(reg) &TILE_CONFIG, options(nostack, readonly));
+                asm!("tilezero tmm0", "tilerelease", options(nostack, nomem));
+                libc::_exit(0)
+            }
+            child => {
+                let mut status = 0;
+                libc::waitpid(child, &mut status, 0) == child
+                    && libc::WIFEXITED(status)
+                    && libc::WEXITSTATUS(status) == 0
+            }
+        }
+    }
+}
+
 #[cfg(not(target_os = "linux"))]
 fn request_tiles() -> bool {
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tiles_run() -> bool {
     false
 }
 
