@@ -182,6 +182,18 @@ fn sequences_fed_together_get_the_logits_of_sequences_fed_alone() {
         );
     }
 
+    // A prompt fed in pieces over several passes ends with the same logits.
+    let mut last = Vec::new();
+    for (start, end) in [(0, 5), (5, 11), (11, PROMPT.len())] {
+        let piece = SlotFeed {
+            slot: 7,
+            tokens: &PROMPT[start..end],
+            start,
+        };
+        last = model.feed(&[piece]).unwrap().remove(0);
+    }
+    assert!(last == alone[0].0, "a prompt fed in pieces differs");
+
     // A bad entry fails the whole pass and changes nothing.
     let duplicate = [
         SlotFeed {

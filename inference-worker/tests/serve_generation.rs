@@ -423,3 +423,51 @@ async fn concurrent_requests_decode_together_with_the_answers_of_one_at_a_time()
     assert!(passes > single, "{metrics}");
     drop(running);
 }
+
+#[tokio::test]
+async fn a_long_prompt_is_fed_over_several_passes_with_the_same_answer() {
+    use aigc_worker::models::TextGenerator;
+    use aigc_worker::serve::engine::PASS_PROMPT_TOKENS;
+    let server = start(loopback_args(smollm2_gguf())).await;
+    let client = Client::new(&server);
+    let prompt = "The quick brown fox jumps over the lazy dog. ".repeat(60);
+    let body = json!({
+        "model": server.model_id(), "prompt": prompt, "temperature": 0, "max_tokens": 4,
+    });
+    let reply = client.post("/v1/completions", &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    let completion_tokens = body["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert!(
+        prompt_tokens > 2 * PASS_PROMPT_TOKENS,
+        "{prompt_tokens} tokens"
+    );
+    // The prompt's pieces, then one pass per further token.
+    let passes = metric(
+        &client.get("/metrics").await.text(),
+        "aigc_batch_size_count",
+    );
+    let want = prompt_tokens.div_ceil(PASS_PROMPT_TOKENS) + completion_tokens - 1;
+    assert_eq!(passes, want as f64);
+
+    // The model fed the whole prompt at once answers the same.
+    let mut model = aigc_worker::models::llama::QuantizedLlama::load(
+        &smollm2_gguf(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids = model.tokenizer().encode(&prompt).unwrap();
+    assert_eq!(ids.len(), prompt_tokens);
+    let mut logits = model.next_logits(&ids, 0).unwrap();
+    let mut answer = Vec::new();
+    for step in 0..completion_tokens {
+        let token = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        answer.push(token);
+        logits = model.next_logits(&[token], ids.len() + step).unwrap();
+    }
+    let text = model.tokenizer().decode(&answer).unwrap();
+    assert_eq!(body["choices"][0]["text"], text.as_str());
+}
