@@ -143,37 +143,16 @@ fn generate(
             free.pop();
             running.push(Running::new(job, slot));
         }
-        // One pass: a token for each decoding request, prompt tokens up to the budget.
-        let mut budget = PASS_PROMPT_TOKENS;
-        let planned: Vec<(usize, SlotFeed<'_>)> = running
-            .iter()
-            .enumerate()
-            .filter_map(|(i, job)| Some((i, job.feed(&mut budget)?)))
-            .collect();
-        let batch: Vec<SlotFeed<'_>> = planned.iter().map(|&(_, feed)| feed).collect();
-        metrics.observe_batch(batch.len());
-        let results: Vec<Result<Vec<f32>, WorkerError>> = match model.feed(&batch) {
-            Ok(logits) => logits.into_iter().map(Ok).collect(),
-            // One bad entry must not fail the others: feed them one at a time (a failed
-            // feed changes nothing, so this repeats no work).
-            Err(_) if batch.len() > 1 => batch
-                .iter()
-                .map(|f| model.feed(std::slice::from_ref(f)).map(|mut l| l.remove(0)))
-                .collect(),
-            Err(error) => vec![Err(error)],
-        };
-        let mut outcome: Vec<Option<(usize, Result<Vec<f32>, WorkerError>)>> =
-            (0..running.len()).map(|_| None).collect();
-        for ((i, feed), result) in planned.iter().zip(results) {
-            outcome[*i] = Some((feed.tokens.len(), result));
-        }
-        let mut outcome = outcome.into_iter();
+        let passes = run_pass(model.as_mut(), &running, metrics);
+        let mut passes = passes.into_iter();
         running.retain_mut(|job| {
-            let more = match outcome.next().flatten() {
+            let more = match passes.next() {
                 // Not fed in this pass: its prompt waits for budget.
-                None => Ok(true),
-                Some((fed, Ok(logits))) => job.fed(fed, &logits, model.as_ref(), metrics),
-                Some((_, Err(error))) => Err(error.to_string()),
+                Some(Pass::Waited) | None => Ok(true),
+                Some(Pass::Fed { tokens, logits }) => {
+                    job.fed(tokens, &logits, model.as_ref(), metrics)
+                }
+                Some(Pass::Failed(error)) => Err(error),
             };
             match more {
                 Ok(true) => true,
@@ -188,6 +167,53 @@ fn generate(
             }
         });
     }
+}
+
+/// What one pass did for one running request.
+enum Pass {
+    /// Nothing: its prompt waits for the next pass's budget.
+    Waited,
+    /// It fed `tokens` tokens; `logits` follow the last.
+    Fed {
+        tokens: usize,
+        logits: Vec<f32>,
+    },
+    Failed(String),
+}
+
+/// One pass through the model: a token for each decoding request, and prompt tokens up to
+/// [`PASS_PROMPT_TOKENS`]. One entry per running request, in order.
+fn run_pass(model: &mut dyn TextGenerator, running: &[Running], metrics: &Metrics) -> Vec<Pass> {
+    let mut budget = PASS_PROMPT_TOKENS;
+    let planned: Vec<Option<SlotFeed<'_>>> =
+        running.iter().map(|job| job.feed(&mut budget)).collect();
+    let batch: Vec<SlotFeed<'_>> = planned.iter().flatten().copied().collect();
+    metrics.observe_batch(batch.len());
+    let mut results: Vec<Result<Vec<f32>, WorkerError>> = match model.feed(&batch) {
+        Ok(logits) => logits.into_iter().map(Ok).collect(),
+        // One bad entry must not fail the others: feed them one at a time (a failed feed
+        // changes nothing, so this repeats no work).
+        Err(_) if batch.len() > 1 => batch
+            .iter()
+            .map(|f| model.feed(std::slice::from_ref(f)).map(|mut l| l.remove(0)))
+            .collect(),
+        Err(error) => vec![Err(error)],
+    }
+    .into_iter()
+    .rev()
+    .collect();
+    planned
+        .iter()
+        .map(|feed| match (feed, feed.and_then(|_| results.pop())) {
+            (Some(feed), Some(Ok(logits))) => Pass::Fed {
+                tokens: feed.tokens.len(),
+                logits,
+            },
+            (Some(_), Some(Err(error))) => Pass::Failed(error.to_string()),
+            (Some(_), None) => Pass::Failed("the model returned too few logits".into()),
+            (None, _) => Pass::Waited,
+        })
+        .collect()
 }
 
 /// Most prompt tokens one pass feeds. A long prompt is fed over several passes, so the
