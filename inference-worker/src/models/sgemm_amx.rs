@@ -32,7 +32,7 @@ const TILE_DEPTH: usize = 32;
 const TILE_COLS: usize = 16;
 /// Rows and columns of the product per kernel call: two tiles each way.
 const BLOCK: usize = 32;
-/// Rows of `lhs` split at once: up to `MC * 2 * k * 2` bytes (1.5 MiB at `k = 1536`).
+/// Rows of `lhs` split at once: `MC * 2 * k * 2` bytes (768 KiB at `k = 1536`).
 const MC: usize = 128;
 
 /// Whether this CPU runs [`matmul_packed`]: it has AMX-TILE and AMX-BF16, the OS saves the
@@ -165,7 +165,8 @@ impl Packed {
     }
 }
 
-/// `x` as bf16 rounded to nearest, and the rest `x - hi` likewise. Inputs are finite.
+/// `x` as bf16 rounded to nearest, and the rest `x - hi` likewise (both NaN when `x` is;
+/// infinite `hi` and NaN `lo` when `x` is infinite or rounds to infinity).
 #[inline(always)]
 fn split(x: f32) -> (u16, u16) {
     let hi = to_bf16(x);
@@ -175,13 +176,19 @@ fn split(x: f32) -> (u16, u16) {
 #[inline(always)]
 fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    // Round to nearest, ties to even, on the 16 bits dropped.
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    // Round to nearest, ties to even, on the 16 bits dropped (a carry out of the largest
+    // finite values gives infinity, as it should); a NaN stays a quiet NaN.
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        (bits >> 16) as u16 | 0x0040
+    } else {
+        rounded
+    }
 }
 
 /// bf16 values in whole 64-byte lines: every tile row starts on a cache line (a row split
 /// over two lines would cost two reads).
-pub(crate) struct Tiles(Vec<Line>);
+struct Tiles(Vec<Line>);
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -359,7 +366,8 @@ unsafe fn block_product(
         a.iter()
             .chain(&b)
             .flatten()
-            .all(|t| t.len() >= depth * TILE_ROWS)
+            .all(|t| t.len() >= depth * TILE_ROWS),
+        "every tile run spans the depth"
     );
     // SAFETY (every block below): the loads read 16 rows of 64 bytes inside `a` and `b`,
     // the stores write 16 rows of 64 bytes inside `out`.
@@ -457,6 +465,22 @@ mod tests {
         // Ties round to even.
         assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
         assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        // Past the largest finite bf16: infinity. NaNs stay NaN, whatever their bits.
+        assert_eq!(to_bf16(f32::MAX), 0x7f80);
+        assert_eq!(to_bf16(f32::NEG_INFINITY), 0xff80);
+        for nan in [
+            f32::NAN,
+            f32::from_bits(0xffff_ffff),
+            f32::from_bits(0x7f80_0001),
+        ] {
+            let (hi, lo) = split(nan);
+            assert!(
+                f32::from_bits((hi as u32) << 16).is_nan(),
+                "{:#x}",
+                nan.to_bits()
+            );
+            assert!(f32::from_bits((lo as u32) << 16).is_nan());
+        }
     }
 
     #[test]
