@@ -151,13 +151,14 @@ def sentence_transformers(model_dir, threads):
     started = time.perf_counter()
     vectors = model.encode(sentences, batch_size=32, normalize_embeddings=True)
     seconds = time.perf_counter() - started
+    rss = peak_rss_mib()  # before the vectors become Python lists, as on our side
     return {
         "engine": "sentence-transformers (torch " + torch.__version__ + ")",
         "sentences": len(vectors),
         "sentences_per_s": len(vectors) / seconds,
         "first_vector_head": [float(x) for x in vectors[0][:8]],
         "vectors": vectors.tolist(),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": rss,
     }
 
 
