@@ -471,3 +471,38 @@ async fn a_long_prompt_is_fed_over_several_passes_with_the_same_answer() {
     let text = model.tokenizer().decode(&answer).unwrap();
     assert_eq!(body["choices"][0]["text"], text.as_str());
 }
+
+#[tokio::test]
+async fn requests_past_the_cache_budget_wait_for_room() {
+    let mut args = loopback_args(smollm2_gguf());
+    // SmolLM2-135M holds 45 KiB per position, so 2 MiB is 45 positions: the counting stream
+    // (about 20 prompt tokens and 20 more) fits, and the short request (about 6 and 8) does
+    // not fit beside it.
+    args.kv_cache_mib = 2;
+    let server = start(args).await;
+    let client = Client::new(&server);
+    let model = server.model_id().to_string();
+    let mut running = client
+        .open("/v1/completions", &counting_body(&model, 20, true))
+        .await;
+    assert_eq!(running.status(), 200);
+    use http_body_util::BodyExt;
+    assert!(running.body_mut().frame().await.unwrap().unwrap().is_data());
+    let short = json!({
+        "model": model, "prompt": "The capital of France is", "temperature": 0, "max_tokens": 8,
+    });
+    let reply = client.post("/v1/completions", &short).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.json()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paris")
+    );
+    while running.body_mut().frame().await.is_some() {}
+    // The short request waited for the stream to end: no pass fed both.
+    let metrics = client.get("/metrics").await.text();
+    let passes = metric(&metrics, "aigc_batch_size_count");
+    assert!(passes >= 20.0, "{metrics}");
+    assert_eq!(metric(&metrics, "aigc_batch_size_bucket{le=\"1\"}"), passes);
+}

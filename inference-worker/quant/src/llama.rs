@@ -222,6 +222,11 @@ impl Llama {
         self.embedding.rows()
     }
 
+    /// Bytes a [`Sequence`] holds per position fed: every layer's key and value (f32).
+    pub fn cache_bytes_per_position(&self) -> usize {
+        self.config.layers * 2 * self.config.kv_width() * std::mem::size_of::<f32>()
+    }
+
     /// Forgets the sequence.
     pub fn reset(&mut self) {
         self.sequence = Sequence::default();

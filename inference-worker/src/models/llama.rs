@@ -182,6 +182,13 @@ impl TextGenerator for QuantizedLlama {
         Ok(logits?)
     }
 
+    fn cache_bytes_per_position(&self) -> usize {
+        match &self.backend {
+            Backend::Cpu(model) => model.cache_bytes_per_position(),
+            Backend::Candle(_) => 0,
+        }
+    }
+
     fn release(&mut self, slot: usize) {
         if let Some(sequence) = self.slots.get_mut(slot) {
             *sequence = Sequence::default();

@@ -57,6 +57,11 @@ pub trait TextGenerator: Send {
     }
     /// Frees what the sequence in `slot` holds: its request is over.
     fn release(&mut self, _slot: usize) {}
+    /// Memory one sequence of [`feed`](Self::feed) holds per position (its key/value
+    /// cache), for bounding how many are decoded together; 0 when the model keeps one.
+    fn cache_bytes_per_position(&self) -> usize {
+        0
+    }
 }
 
 /// Tokens for the sequence in one slot of a [`TextGenerator::feed`]: they go at positions

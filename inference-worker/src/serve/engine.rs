@@ -1,7 +1,7 @@
 //! The model side of the server: one thread owns the model and works through a bounded
-//! queue. Generation decodes up to `max_batch` requests together, one sequence each (one
-//! at a time for models that keep one); embeddings gather every waiting request into one
-//! batch up to `max_batch` inputs.
+//! queue. Generation decodes up to `max_batch` requests together within a key/value cache
+//! budget, one sequence each (one at a time for models that keep one); embeddings gather
+//! every waiting request into one batch up to `max_batch` inputs.
 //! A request whose client went away is dropped from the work as soon as it is noticed.
 
 use std::sync::Arc;
@@ -80,21 +80,31 @@ impl<J> QueueHandle<J> {
     }
 }
 
-/// Starts the thread that owns a generator. It decodes up to `max_batch` requests together
-/// (as many as the model holds, [`TextGenerator::sequences`]): each pass feeds the prompts
-/// of newly admitted requests and the last token of every running one, so a request waits
-/// for the model only until the next pass, not until the others finish.
+/// How many requests the generation thread decodes together.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most requests at once (`--max-batch`).
+    pub max_requests: usize,
+    /// Most bytes their key/value caches may reserve (`--kv-cache-mib`): each request
+    /// reserves its prompt plus `max_tokens` positions.
+    pub cache_bytes: usize,
+}
+
+/// Starts the thread that owns a generator. It decodes requests together, as many as
+/// `batching` allows and the model holds ([`TextGenerator::sequences`]): each pass feeds the
+/// prompts of newly admitted requests and the last token of every running one, so a request
+/// waits for the model only until the next pass, not until the others finish.
 pub fn spawn_generation(
     model: Box<dyn TextGenerator>,
     capacity: usize,
-    max_batch: usize,
+    batching: Batching,
     metrics: Arc<Metrics>,
 ) -> Result<QueueHandle<GenerationJob>, WorkerError> {
     let (sender, receiver) = mpsc::channel::<GenerationJob>(capacity);
     let thread_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("generation".into())
-        .spawn(move || generate(model, receiver, max_batch, &thread_metrics))
+        .spawn(move || generate(model, receiver, batching, &thread_metrics))
         .map_err(|e| WorkerError::io("generation thread", e))?;
     Ok(QueueHandle {
         sender,
@@ -108,40 +118,54 @@ pub fn spawn_generation(
 fn generate(
     mut model: Box<dyn TextGenerator>,
     mut receiver: mpsc::Receiver<GenerationJob>,
-    max_batch: usize,
+    batching: Batching,
     metrics: &Metrics,
 ) {
-    let slots = model.sequences().min(max_batch).max(1);
+    let slots = model.sequences().min(batching.max_requests).max(1);
+    let per_position = model.cache_bytes_per_position();
     let mut free: Vec<usize> = (0..slots).rev().collect();
     let mut running: Vec<Running> = Vec::new();
+    // Cache bytes the running requests reserve.
+    let mut reserved = 0;
+    // The next request, taken from the queue but waiting for room in the cache budget.
+    let mut next: Option<GenerationJob> = None;
     loop {
         // Admit waiting requests into free slots; wait only when nothing is running.
         while let Some(&slot) = free.last() {
-            let job = if running.is_empty() {
-                match receiver.blocking_recv() {
+            let job = match next.take() {
+                Some(job) => job,
+                None if running.is_empty() => match receiver.blocking_recv() {
                     Some(job) => job,
                     None => return,
-                }
-            } else {
-                match receiver.try_recv() {
+                },
+                None => match receiver.try_recv() {
                     Ok(job) => job,
                     Err(_) => break,
-                }
+                },
             };
-            metrics.dequeued(Queue::Generation);
             if job.events.is_closed() {
+                metrics.dequeued(Queue::Generation);
                 continue;
             }
             if job.prompt.is_empty() {
                 // The handlers refuse empty prompts; a job without one would never be fed.
+                metrics.dequeued(Queue::Generation);
                 let _ = job
                     .events
                     .send(GenerationEvent::Failed("the prompt is empty".into()));
                 continue;
             }
+            let need = (job.prompt.len() + job.max_tokens) * per_position;
+            if !running.is_empty() && reserved + need > batching.cache_bytes {
+                // It waits, still counted as queued, until running requests end.
+                next = Some(job);
+                break;
+            }
+            metrics.dequeued(Queue::Generation);
             metrics.add_tokens(job.prompt.len(), 0);
+            reserved += need;
             free.pop();
-            running.push(Running::new(job, slot));
+            running.push(Running::new(job, slot, need));
         }
         let passes = run_pass(model.as_mut(), &running, metrics);
         let mut passes = passes.into_iter();
@@ -162,6 +186,7 @@ fn generate(
                     }
                     model.release(job.slot);
                     free.push(job.slot);
+                    reserved -= job.reserved;
                     false
                 }
             }
@@ -225,6 +250,8 @@ pub const PASS_PROMPT_TOKENS: usize = 256;
 struct Running {
     job: GenerationJob,
     slot: usize,
+    /// Cache bytes reserved for it.
+    reserved: usize,
     /// Prompt tokens fed so far.
     prompt_fed: usize,
     sampler: Sampler,
@@ -233,8 +260,9 @@ struct Running {
 }
 
 impl Running {
-    fn new(job: GenerationJob, slot: usize) -> Self {
+    fn new(job: GenerationJob, slot: usize, reserved: usize) -> Self {
         Self {
+            reserved,
             sampler: Sampler::new(job.sampling.clone()),
             stream: TextStream::new(job.stop.clone()),
             generated: Vec::new(),

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// Most inputs in one embedding forward batch, and most requests decoded together.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch: u32,
+    /// Most memory, in MiB, the key/value caches of requests decoded together may reserve
+    /// (each reserves its prompt plus `max_tokens` positions); a request that would pass it
+    /// waits for others to finish, and one request always runs.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub kv_cache_mib: u32,
     /// Most requests waiting for the model; more are refused with 429.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_queue: u32,
@@ -70,6 +75,7 @@ impl ServeArgs {
             tls_cert: None,
             tls_key: None,
             max_batch: 64,
+            kv_cache_mib: 512,
             max_queue: 64,
             threads: None,
             device: DevicePreference::Auto,
@@ -299,7 +305,10 @@ fn load_model(
                 queue: engine::spawn_generation(
                     generator,
                     capacity,
-                    args.max_batch as usize,
+                    engine::Batching {
+                        max_requests: args.max_batch as usize,
+                        cache_bytes: args.kv_cache_mib as usize * (1 << 20),
+                    },
                     metrics.clone(),
                 )?,
             }
