@@ -171,7 +171,7 @@ fn generate(
         let mut passes = passes.into_iter();
         running.retain_mut(|job| {
             let more = match passes.next() {
-                // Not fed in this pass: its prompt waits for budget.
+                // Not fed in this pass: its prompt waits for a later pass.
                 Some(Pass::Waited) | None => Ok(true),
                 Some(Pass::Fed { tokens, logits }) => {
                     job.fed(tokens, &logits, model.as_ref(), metrics)
