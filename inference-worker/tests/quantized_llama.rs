@@ -10,6 +10,7 @@ use aigc_worker::tokenizer::{ChatMessage, ChatTemplate};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
+use common::argmax;
 
 /// The chat prompt for "What is the capital of France?" (see smollm2_tokenizer.rs).
 const PROMPT: [u32; 16] = [
@@ -19,16 +20,6 @@ const PROMPT: [u32; 16] = [
 /// llama.cpp's greedy answer to [`PROMPT`] ("The capital of France is Paris." and the end
 /// of turn), from llama-cpp-python 0.3.36 with the same GGUF file.
 const LLAMA_CPP_ANSWER: [u32; 8] = [504, 3575, 282, 4649, 314, 7042, 30, 2];
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 fn greedy(model: &mut dyn FnMut(&[u32], usize) -> Vec<f32>, steps: usize) -> Vec<u32> {
     let mut logits = model(&PROMPT, 0);

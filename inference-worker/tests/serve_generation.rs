@@ -462,9 +462,7 @@ async fn a_long_prompt_is_fed_over_several_passes_with_the_same_answer() {
     let mut logits = model.next_logits(&ids, 0).unwrap();
     let mut answer = Vec::new();
     for step in 0..completion_tokens {
-        let token = (0..logits.len())
-            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
-            .unwrap() as u32;
+        let token = common::argmax(&logits);
         answer.push(token);
         logits = model.next_logits(&[token], ids.len() + step).unwrap();
     }

@@ -260,11 +260,11 @@ struct Running {
 }
 
 impl Running {
-    fn new(job: GenerationJob, slot: usize, reserved: usize) -> Self {
+    fn new(mut job: GenerationJob, slot: usize, reserved: usize) -> Self {
         Self {
             reserved,
             sampler: Sampler::new(job.sampling.clone()),
-            stream: TextStream::new(job.stop.clone()),
+            stream: TextStream::new(std::mem::take(&mut job.stop)),
             generated: Vec::new(),
             prompt_fed: 0,
             job,
